@@ -1,0 +1,200 @@
+"""Shared machinery of the image DataModules: split, normalisation, shapes and clear errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, random_split
+from torchvision import transforms as T
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """Raised when a dataset's files are missing and cannot be downloaded.
+
+    The CLI prints its message without a traceback.
+    """
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base class for image DataModules whose images are normalised to [-1, 1].
+
+    Subclasses set ``name``, ``channels``, ``num_classes``, ``default_image_size`` and implement
+    ``make_dataset`` (and ``expected_files`` for the error message).
+
+    Batches are ``(image, target)`` with ``image`` of shape ``(B, C, H, W)`` in [-1, 1].
+
+    Args:
+        data_dir: Root folder of the dataset (torchvision's layout below it).
+        image_size: Side of the square images the models see; ``None`` keeps the default.
+        batch_size: Batch size of every loader.
+        num_workers: DataLoader worker processes.
+        val_fraction: Fraction of the training split held out for validation.
+        seed: Seed of the deterministic train/val split.
+        download: Download the files when missing (needs network access).
+    """
+
+    name: str = "dataset"
+    channels: int = 1
+    num_classes: int = 0
+    default_image_size: int = 32
+    download_hint: str = ""
+    #: The dataset has its own validation partition (CelebA); otherwise ``val_fraction`` of the
+    #: training split is held out.
+    official_val_split: bool = False
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        image_size: int | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.save_hyperparameters()
+        self.data_dir = str(data_dir)
+        self.image_size = int(image_size or self.default_image_size)
+        if self.image_size < 4:
+            raise ValueError(f"image_size must be at least 4, got {self.image_size}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.download = download
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    # ----------------------------------------------------------------------------------------
+    # What models need to know to build themselves
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images in a batch."""
+        return (self.channels, self.image_size, self.image_size)
+
+    # ----------------------------------------------------------------------------------------
+    # Subclass interface
+    def make_dataset(self, split: str, transform, download: bool) -> Dataset:
+        """Build the torchvision dataset of ``split`` ("train" or "test")."""
+        raise NotImplementedError
+
+    def expected_files(self) -> list[str]:
+        """Paths (relative to ``data_dir``) of the files the dataset reads."""
+        return []
+
+    def transform(self):
+        return T.Compose(
+            [
+                T.Resize(self.image_size, antialias=True),
+                T.CenterCrop(self.image_size),
+                T.ToTensor(),
+                T.Normalize([0.5] * self.channels, [0.5] * self.channels),
+            ]
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Lightning hooks
+    def prepare_data(self) -> None:
+        for split in ("train", "test"):
+            self._load(split, download=self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None and stage in (None, "fit", "validate"):
+            if self.official_val_split:
+                self.train_set = self._load("train", download=False)
+                self.val_set = self._load("val", download=False)
+                return self.setup("test") if stage is None else None
+            full = self._load("train", download=False)
+            n_val = int(round(len(full) * self.val_fraction))
+            if n_val == 0:
+                self.train_set, self.val_set = full, Subset(full, [])
+            else:
+                generator = torch.Generator().manual_seed(self.seed)
+                self.train_set, self.val_set = random_split(
+                    full, [len(full) - n_val, n_val], generator=generator
+                )
+        if self.test_set is None and stage in (None, "test", "predict"):
+            self.test_set = self._load("test", download=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    # ----------------------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset | None, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a loader")
+        # Never drop the only batch of a small dataset.
+        drop_last = drop_last and len(dataset) >= self.batch_size
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def _load(self, split: str, download: bool) -> Dataset:
+        """Build a split, turning torchvision's missing-file/URL errors into one clear error.
+
+        Folders created by a failed download attempt are removed again, so a failure leaves
+        nothing on disk.
+        """
+        root = Path(self.data_dir)
+        existed = _existing_dirs(root)
+        try:
+            return self.make_dataset(split, self.transform(), download)
+        except DatasetNotFoundError:
+            _remove_new_dirs(root, existed)
+            raise
+        except (RuntimeError, OSError, ValueError) as err:  # URLError is an OSError
+            _remove_new_dirs(root, existed)
+            if isinstance(err, ValueError) and "split" in str(err).lower():
+                raise
+            raise DatasetNotFoundError(self._missing_message(err)) from err
+
+    def _missing_message(self, err: Exception) -> str:
+        files = "\n".join(f"  {os.path.join(self.data_dir, f)}" for f in self.expected_files())
+        how = "the download failed" if self.download else "download=False"
+        return (
+            f"{self.name} not found in '{os.path.abspath(self.data_dir)}' and {how} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}).\n"
+            f"Expected files:\n{files}\n"
+            f"{self.download_hint or 'Run once with network access (download=True), or copy the files there.'}"
+        )
+
+
+def _existing_dirs(root: Path) -> set[Path]:
+    if not root.exists():
+        return set()
+    return {p for p in [root, *root.rglob("*")] if p.is_dir()}
+
+
+def _remove_new_dirs(root: Path, existed: set[Path]) -> None:
+    """Remove folders under ``root`` (and ``root`` itself) that did not exist before."""
+    if not root.exists():
+        return
+    candidates = [p for p in [root, *root.rglob("*")] if p.is_dir() and p not in existed]
+    for path in sorted(candidates, key=lambda p: len(p.parts)):
+        if path.exists() and not any(parent in candidates for parent in path.parents):
+            shutil.rmtree(path, ignore_errors=True)

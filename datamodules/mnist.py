@@ -1,0 +1,31 @@
+"""MNIST (LeCun et al. 1998) through torchvision: 28x28 grey digits, 10 classes."""
+
+from __future__ import annotations
+
+from torchvision.datasets import MNIST
+
+from datamodules.base import ImageDataModule
+
+
+class MNISTDataModule(ImageDataModule):
+    """MNIST in torchvision's layout ``data_dir/MNIST/raw/*-ubyte`` (downloaded when missing).
+
+    Args: see :class:`~datamodules.base.ImageDataModule`; ``image_size`` defaults to 28.
+    """
+
+    name = "MNIST"
+    channels = 1
+    num_classes = 10
+    default_image_size = 28
+    download_hint = (
+        "Get them from http://yann.lecun.com/exdb/mnist/ (or any MNIST mirror), gunzip them "
+        "into that folder, or run once with network access."
+    )
+
+    def make_dataset(self, split, transform, download):
+        return MNIST(self.data_dir, train=split == "train", transform=transform, download=download)
+
+    def expected_files(self) -> list[str]:
+        names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+        return [f"MNIST/raw/{n}" for n in names]

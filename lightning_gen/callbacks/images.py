@@ -1,0 +1,101 @@
+"""Image grids a researcher can look at: logged to W&B / TensorBoard and written as PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torchvision.utils import make_grid, save_image
+
+from lightning_gen.runs import atomic_write, run_dir
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+    """``(B, C, H, W)`` in [-1, 1] -> one ``(3, H', W')`` grid in [0, 1]."""
+    return make_grid(images.detach().float().cpu(), nrow=nrow, normalize=True,
+                     value_range=(-1, 1), pad_value=1.0)
+
+
+def save_grid(grid: torch.Tensor, path: str | Path) -> Path:
+    """Write a [0, 1] grid as PNG, atomically."""
+    return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
+
+
+class ImageGridCallback(Callback):
+    """Every ``every_n_epochs`` epochs (and at the end of fitting) ask the model for its named
+    image batches (``log_images``: GAN samples from the fixed noise, autoencoder inputs next to
+    reconstructions, ...), log each as a grid with an explicit step, and write it to
+    ``<run dir>/images/<name>_epoch<E>.png`` (and ``<name>_last.png``).
+
+    Args:
+        every_n_epochs: Interval in epochs (0: only at the end of fitting).
+        nrow: Images per row of the grid.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, nrow: int = 8) -> None:
+        self.every_n_epochs = every_n_epochs
+        self.nrow = nrow
+        self.batch = None
+        self.last_logged_step = -1
+        self.last_paths: dict[str, Path] = {}
+
+    # A fixed batch of real images for reconstructions: the first validation batch if there is
+    # one (not shuffled, so the same images every epoch), else the first training batch.
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.batch is None:
+            self.batch = _head(batch)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0 and dataloader_idx == 0 and not getattr(self, "_from_val", False):
+            self.batch, self._from_val = _head(batch), True
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        n = self.every_n_epochs
+        if n > 0 and (trainer.current_epoch + 1) % n == 0:
+            self.log_grids(trainer, pl_module)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_step != self.last_logged_step:
+            self.log_grids(trainer, pl_module)
+
+    @rank_zero_only
+    def log_grids(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.batch is None and not hasattr(pl_module, "fixed_noise"):
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            batch = _to(self.batch, pl_module.device)
+            named = pl_module.log_images(batch)
+        finally:
+            pl_module.train(was_training)
+        folder = run_dir(trainer) / "images"
+        step = trainer.global_step
+        for name, images in named.items():
+            grid = image_grid(images, self.nrow)
+            save_grid(grid, folder / f"{name}_epoch{trainer.current_epoch:04d}.png")
+            self.last_paths[name] = save_grid(grid, folder / f"{name}_last.png")
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.log_image(key=f"images/{name}", images=[grid], step=step,
+                                     caption=[f"epoch {trainer.current_epoch}, step {step}"])
+                elif isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_image(f"images/{name}", grid, step)
+        self.last_logged_step = step
+
+
+def _head(batch, n: int = 64):
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_head(b, n) for b in batch)
+    if isinstance(batch, torch.Tensor):
+        return batch[:n].detach().clone()
+    return batch
+
+
+def _to(batch, device):
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(b, device) for b in batch)
+    return batch.to(device) if isinstance(batch, torch.Tensor) else batch

@@ -1,0 +1,221 @@
+"""The alternating-update machinery every GAN of the suite shares, written once.
+
+Goodfellow et al. (2014), Algorithm 1: for each generator step, ``k = n_critic`` discriminator
+steps. Here every training batch gives one discriminator step; every ``n_critic``-th batch also
+gives one generator step. Lightning's manual optimisation (``automatic_optimization = False``)
+carries it, since ``optimizer_idx`` is gone from Lightning 2.
+
+Step counting: ``trainer.global_step`` counts *optimizer* steps (Lightning #17958), so one
+iteration of ``n_critic`` D steps and one G step advances it by ``n_critic + 1``, and
+``trainer.max_steps`` bounds D and G steps together. ``d_steps`` and ``g_steps`` count each
+network's updates explicitly, are logged, and are saved in checkpoints.
+
+Subclasses provide ``generator`` and ``discriminator`` modules and the two loss hooks; they may
+override ``generate``/``discriminate`` (conditioning) and ``sample_noise``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+from torch import nn
+
+from lightning_gen.models.base import GenerativeModel
+
+
+class GANBase(GenerativeModel):
+    """Base LightningModule of the GANs (manual optimisation, ``n_critic`` D steps per G step).
+
+    Args:
+        image_shape: ``(C, H, W)`` of the images (linked from the DataModule by the CLI).
+        latent_dim: Dimension of the noise ``z``.
+        n_critic: Discriminator steps per generator step (``k`` of Algorithm 1).
+        lr_g: Generator learning rate.
+        lr_d: Discriminator learning rate.
+        betas: Adam's betas (ignored by RMSprop).
+        optimizer: ``"adam"`` or ``"rmsprop"``.
+        grad_clip: Clip each network's gradient norm to this value (0: off). Trainer's
+            ``gradient_clip_val`` does not apply under manual optimisation.
+        num_fixed_samples: Size of the fixed noise batch used for sample grids.
+        sample_seed: Seed of the fixed noise batch.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        latent_dim: int = 100,
+        n_critic: int = 1,
+        lr_g: float = 2e-4,
+        lr_d: float = 2e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+        optimizer: Literal["adam", "rmsprop"] = "adam",
+        grad_clip: float = 0.0,
+        num_fixed_samples: int = 64,
+        sample_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if n_critic < 1:
+            raise ValueError(f"n_critic must be >= 1, got {n_critic}")
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+        self.automatic_optimization = False
+        self.d_steps = 0
+        self.g_steps = 0
+        noise = torch.randn(
+            num_fixed_samples, latent_dim, generator=torch.Generator().manual_seed(sample_seed)
+        )
+        self.register_buffer("fixed_noise", noise)  # saved in checkpoints, moves with the model
+
+    # Subclasses set these two in __init__.
+    generator: nn.Module
+    discriminator: nn.Module
+
+    # ------------------------------------------------------------------------------------------
+    # Hooks for subclasses
+    def sample_noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.hparams.latent_dim, device=self.device)
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.generator(z)
+
+    def discriminate(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.discriminator(x)
+
+    def discriminator_loss(
+        self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """Return ``{"loss": ..., **other_terms_to_log}`` for one discriminator step."""
+        raise NotImplementedError
+
+    def generator_loss(
+        self, fake: torch.Tensor, labels: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """Return ``{"loss": ..., **other_terms_to_log}`` for one generator step."""
+        raise NotImplementedError
+
+    def conditioning(self, batch) -> torch.Tensor | None:
+        """Labels the networks are conditioned on (``None`` for unconditional GANs)."""
+        return None
+
+    # ------------------------------------------------------------------------------------------
+    # Lightning hooks
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # The whole LightningModule is one DDP unit, and a discriminator step leaves the
+        # generator's parameters without gradients (and vice versa): plain DDP raises "parameters
+        # that were not used in producing the loss" (Lightning #20328). We accept the cost of
+        # DDP's unused-parameter search rather than all-reducing gradients by hand. setup()
+        # runs before the strategy wraps the model, so this covers `--trainer.strategy ddp`.
+        strategy = self.trainer.strategy if self._trainer else None
+        if isinstance(strategy, DDPStrategy):
+            strategy._ddp_kwargs["find_unused_parameters"] = True
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt_g = self._make_optimizer(self.generator.parameters(), hp.lr_g)
+        opt_d = self._make_optimizer(self.discriminator.parameters(), hp.lr_d)
+        return opt_g, opt_d
+
+    def _make_optimizer(self, params, lr: float) -> torch.optim.Optimizer:
+        if self.hparams.optimizer == "rmsprop":
+            return torch.optim.RMSprop(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, betas=tuple(self.hparams.betas))
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        real = batch[0] if isinstance(batch, (list, tuple)) else batch
+        labels = self.conditioning(batch)
+        opt_g, opt_d = self.optimizers()
+
+        # Discriminator step: maximise its objective on real vs. (detached) fake samples.
+        with torch.no_grad():
+            fake = self.generate(self.sample_noise(real.shape[0]), labels)
+        d_terms = self._optimizer_step(opt_d, lambda: self.discriminator_loss(real, fake, labels))
+        self.d_steps += 1
+        self.log_dict({f"train/d_{k}": v for k, v in d_terms.items()}, prog_bar=True)
+
+        # Generator step every n_critic discriminator steps.
+        if self.d_steps % self.hparams.n_critic == 0:
+            def g_closure():
+                fake = self.generate(self.sample_noise(real.shape[0]), labels)
+                return self.generator_loss(fake, labels)
+
+            g_terms = self._optimizer_step(opt_g, g_closure)
+            self.g_steps += 1
+            self.log_dict({f"train/g_{k}": v for k, v in g_terms.items()}, prog_bar=True)
+        self.log_dict(
+            {"train/d_steps": float(self.d_steps), "train/g_steps": float(self.g_steps)},
+            on_step=True, on_epoch=False,
+        )
+
+    def _optimizer_step(self, optimizer, closure) -> dict[str, torch.Tensor]:
+        """One update of ``optimizer``'s network: toggle, zero, backward, clip, step, untoggle.
+
+        ``toggle_optimizer`` switches off ``requires_grad`` of the other network, so its
+        parameters collect no gradient here; it is always paired with ``untoggle_optimizer``.
+        """
+        self.toggle_optimizer(optimizer)
+        try:
+            terms = closure()
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(terms["loss"])
+            if self.hparams.grad_clip > 0:
+                self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip,
+                                    gradient_clip_algorithm="norm")
+            optimizer.step()
+        finally:
+            self.untoggle_optimizer(optimizer)
+        return {k: v.detach() for k, v in terms.items()}
+
+    # ------------------------------------------------------------------------------------------
+    # Gradient penalties under mixed precision
+    def input_gradients(self, outputs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """``d sum(outputs) / d inputs`` with a graph, in float32, correct under AMP.
+
+        ``torch.autograd.grad`` bypasses Lightning's loss scaling. Following PyTorch's AMP recipe
+        for gradient penalties, the outputs are scaled by the GradScaler before ``grad`` (so
+        float16 gradients do not underflow) and the gradients unscaled afterwards. With bf16 or
+        float32 there is no scaler and nothing to undo.
+        """
+        scaler = None
+        if self._trainer is not None:
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        total = outputs.float().sum()
+        if scaler is not None:
+            (grads,) = torch.autograd.grad(scaler.scale(total), inputs, create_graph=True)
+            return grads.float() / scaler.get_scale()
+        (grads,) = torch.autograd.grad(total, inputs, create_graph=True)
+        return grads.float()
+
+    # ------------------------------------------------------------------------------------------
+    # Sampling and checkpoints
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            return self.generate(self.sample_noise(n), labels).clamp(-1, 1)
+        finally:
+            self.generator.train(was_training)
+
+    def fixed_labels(self) -> torch.Tensor | None:
+        return None
+
+    @torch.no_grad()
+    def log_images(self, batch=None) -> dict[str, torch.Tensor]:
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            images = self.generate(self.fixed_noise, self.fixed_labels()).clamp(-1, 1)
+        finally:
+            self.generator.train(was_training)
+        return {"samples": images}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["gan_steps"] = {"d_steps": self.d_steps, "g_steps": self.g_steps}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        steps = checkpoint.get("gan_steps", {})
+        self.d_steps = int(steps.get("d_steps", 0))
+        self.g_steps = int(steps.get("g_steps", 0))

@@ -1,0 +1,40 @@
+"""Where a run's files go, and writing them so a crash never leaves half a file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from lightning import Trainer
+
+
+def run_dir(trainer: Trainer) -> Path:
+    """The run's folder: the first logger's ``log_dir`` (W&B, CSV, TensorBoard), else
+    ``trainer.default_root_dir``."""
+    for logger in trainer.loggers[:1]:
+        log_dir = getattr(logger, "log_dir", None)
+        if log_dir:
+            return Path(log_dir)
+    return Path(trainer.default_root_dir)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
+
+    The rename is atomic on POSIX filesystems: readers see the old file or the new one, never
+    a partial one, and a crash during ``write`` leaves no file at ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
