@@ -87,7 +87,9 @@ class WandbLogger(_LightningWandbLogger):
         self.run_url: str | None = None
         # W&B writes below its `dir`: give it the run folder, keep save_dir for Lightning's
         # checkpoint path (save_dir/project/version/checkpoints = log_dir/checkpoints).
-        self._wandb_init["dir"] = str(self._run_dir)
+        # Absolute: wandb-core is one service per process whose working directory is that of
+        # the first run; a relative path from a later run (after a chdir) would land there.
+        self._wandb_init["dir"] = os.path.abspath(self._run_dir)
         self._wandb_init.pop("anonymous", None)  # deprecated by wandb, unused here
 
     @property

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from PIL import Image
 
 from lightning_gen.cli import LightningGenCLI, main
 from lightning_gen.loggers import resolve_offline
-from tests.wandb_log import config_keys, history, wait_until_complete
+from tests.wandb_log import config_keys, history, wait_for_run_log
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -106,8 +105,7 @@ def test_wandb_offline_run_holds_hyperparameters_metrics_and_images():
     main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"),
           "--trainer.max_steps", "10", "--trainer.log_every_n_steps", "1", *FAST])
     run = only_run_dir()
-    (log,) = glob.glob(str(run / "wandb/offline-run-*/run-*.wandb"))
-    wait_until_complete(log)
+    log = wait_for_run_log(run / "wandb")
     rows = history(log)
     keys = {k for row in rows for k in row}
     assert {"train/d_loss", "train/g_loss", "train/d_steps", "trainer/global_step"} <= keys

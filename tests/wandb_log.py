@@ -69,16 +69,19 @@ def config_keys(path: str | Path) -> set[str]:
     return keys
 
 
-def wait_until_complete(path: str | Path, timeout: float = 60.0) -> list:
-    """wandb-core writes the log asynchronously after ``run.finish()`` returns: wait for the
-    ``exit`` record, which it writes last."""
+def wait_for_run_log(wandb_dir: str | Path, timeout: float = 60.0) -> Path:
+    """Path of the offline run's ``run-*.wandb`` once complete.
+
+    wandb-core creates and writes the log asynchronously after ``run.finish()`` returns: wait for
+    the file and for its ``exit`` record, which it writes last.
+    """
     import time
 
     deadline = time.monotonic() + timeout
     while True:
-        records = read_records(path)
-        if any(r.WhichOneof("record_type") == "exit" for r in records):
-            return records
+        logs = sorted(Path(wandb_dir).glob("offline-run-*/run-*.wandb"))
+        if logs and any(r.WhichOneof("record_type") == "exit" for r in read_records(logs[-1])):
+            return logs[-1]
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no exit record in {path} after {timeout}s")
+            raise TimeoutError(f"no complete offline run log under {wandb_dir} after {timeout}s")
         time.sleep(0.2)
