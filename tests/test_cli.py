@@ -169,3 +169,14 @@ def test_ckpt_path_last_without_an_earlier_run_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"), "--ckpt_path", "last"])
     assert "no earlier run of 'quickstart'" in capsys.readouterr().err
+
+
+def test_resuming_a_checkpoint_of_other_images_is_a_clear_error(mnist_dir, capsys):
+    main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"),
+          "--trainer.max_steps", "2", *FAST])  # digits at 32x32
+    ckpt = next(Path("runs").glob("*/*/checkpoints/last.ckpt"))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "experiments/dcgan_mnist.yaml"), "--data.data_dir",
+              str(mnist_dir), "--ckpt_path", str(ckpt), *FAST])  # MNIST at 28x28
+    err = capsys.readouterr().err
+    assert "(1, 32, 32)" in err and "(1, 28, 28)" in err and "Traceback" not in err

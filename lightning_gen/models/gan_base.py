@@ -216,6 +216,7 @@ class GANBase(GenerativeModel):
         checkpoint["gan_steps"] = {"d_steps": self.d_steps, "g_steps": self.g_steps}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         steps = checkpoint.get("gan_steps", {})
         self.d_steps = int(steps.get("d_steps", 0))
         self.g_steps = int(steps.get("g_steps", 0))
