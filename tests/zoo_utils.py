@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
+from datamodules.base import ImageDataModule
 from lightning_gen.cli import LightningGenCLI
 from lightning_gen.models.base import GenerativeModel
-from datamodules.base import ImageDataModule
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
