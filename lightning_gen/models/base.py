@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
-import torch
 import lightning as L
+import torch
 
 
 class ImageShapeMismatchError(ValueError):
