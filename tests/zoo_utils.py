@@ -17,7 +17,7 @@ def fit_yaml(name: str, data_dir: str | Path | None, *overrides: str, steps: int
     """Run ``lightning-gen fit --config experiments/<name>`` for ``steps`` optimizer steps on
     CPU, no logger, batch 8, with ``overrides`` (CLI flags) on top; return the CLI."""
     args = ["fit", "--config", str(EXPERIMENTS / name),
-            "--trainer.max_steps", str(steps), "--trainer.max_epochs", "1",
+            "--trainer.max_steps", str(steps), "--trainer.max_epochs", "100",
             "--trainer.accelerator", "cpu", "--trainer.devices", "1",
             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "1",

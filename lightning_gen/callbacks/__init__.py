@@ -1,5 +1,20 @@
-"""Callbacks: image grids (and, later, evaluation metrics)."""
+"""Callbacks: image grids and what the lectures show about latent-variable models."""
 
-from lightning_gen.callbacks.images import ImageGridCallback, image_grid, save_grid
+from lightning_gen.callbacks.images import ImageGridCallback, image_grid, log_grid, save_grid
+from lightning_gen.callbacks.latent import (
+    LatentArithmeticCallback,
+    LatentInterpolationCallback,
+    LatentTraversalCallback,
+    OutlierAUROCCallback,
+)
 
-__all__ = ["ImageGridCallback", "image_grid", "save_grid"]
+__all__ = [
+    "ImageGridCallback",
+    "LatentArithmeticCallback",
+    "LatentInterpolationCallback",
+    "LatentTraversalCallback",
+    "OutlierAUROCCallback",
+    "image_grid",
+    "log_grid",
+    "save_grid",
+]
