@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,17 +126,23 @@ def test_nll_falls_when_fitting_one_batch():
 def test_pixelcnn_mnist_yaml_fits(mnist_dir):
     cli = fit_yaml("pixelcnn_mnist.yaml", mnist_dir, "--model.init_args.hidden", "8",
                    "--model.init_args.n_layers", "1", "--trainer.limit_val_batches", "0",
-                   "--model.init_args.num_fixed_samples", "0")
+                   "--model.init_args.num_fixed_samples", "0", "--data.image_size", "8",
+                   "--trainer.callbacks.init_args.num_images", "2",
+                   "--trainer.callbacks.init_args.num_completions", "1")
     assert cli.trainer.global_step == 4
     assert_finite_params(cli.model)
     assert torch.isfinite(cli.trainer.callback_metrics["train/nll_bits_per_dim"])
+    assert (Path.cwd() / "images" / "completions_test_last.png").is_file()
 
 
 @pytest.mark.parametrize("name", ["pixelcnn_cifar10.yaml", "gated_pixelcnn_cifar10.yaml"])
 def test_pixelcnn_cifar10_yamls_fit(name, cifar10_dir):
     cli = fit_yaml(name, cifar10_dir, "--model.init_args.hidden", "12",
                    "--model.init_args.n_layers", "2", "--model.init_args.kernel_size", "3",
-                   "--trainer.limit_val_batches", "0", "--model.init_args.num_fixed_samples", "0")
+                   "--trainer.limit_val_batches", "0", "--model.init_args.num_fixed_samples", "0",
+                   "--data.image_size", "4", "--trainer.callbacks.init_args.num_images", "2",
+                   "--trainer.callbacks.init_args.num_completions", "1")
+    assert (Path.cwd() / "images" / "completions_test_last.png").is_file()
     assert cli.trainer.global_step == 4
     assert_finite_params(cli.model)
 

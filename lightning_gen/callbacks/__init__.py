@@ -2,6 +2,7 @@
 
 from lightning_gen.callbacks.images import ImageGridCallback, image_grid, log_grid, save_grid
 from lightning_gen.callbacks.latent import (
+    CompletionCallback,
     LatentArithmeticCallback,
     LatentInterpolationCallback,
     LatentTraversalCallback,
@@ -9,6 +10,7 @@ from lightning_gen.callbacks.latent import (
 )
 
 __all__ = [
+    "CompletionCallback",
     "ImageGridCallback",
     "LatentArithmeticCallback",
     "LatentInterpolationCallback",

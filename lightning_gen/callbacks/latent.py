@@ -277,3 +277,36 @@ class OutlierAUROCCallback(_PeriodicCallback):
         top = scores.argsort(descending=True)[: self.num_show]
         log_grid(trainer, "outliers_highest_error",
                  image_grid(torch.cat(images)[top], int(math.sqrt(self.num_show)) or 1))
+
+
+class CompletionCallback(_PeriodicCallback):
+    """Image completion on *test* images (PixelCNN, van den Oord et al. 2016a, Fig. 1): rows of
+    (original, upper half only, ``num_completions`` samples of the lower half given the upper
+    half), from the model's ``complete(x, labels)``.
+
+    Args:
+        num_images: Test images completed (rows).
+        num_completions: Independent completions per image.
+        every_n_epochs: Interval in epochs (0: only at the end of fitting).
+    """
+
+    def __init__(self, num_images: int = 8, num_completions: int = 3,
+                 every_n_epochs: int = 1) -> None:
+        super().__init__(every_n_epochs)
+        self.num_images, self.num_completions = num_images, num_completions
+
+    def run(self, trainer, pl_module):
+        if not hasattr(pl_module, "complete"):
+            raise TypeError(f"{type(pl_module).__name__} cannot complete images (no complete())")
+        dm = trainer.datamodule
+        if dm.test_set is None:
+            dm.setup("test")
+        x, y = next(iter(dm.test_dataloader()))
+        x = x[: self.num_images].to(pl_module.device)
+        labels = pl_module.conditioning((x, y[: self.num_images].to(pl_module.device)))
+        occluded = x.clone()
+        occluded[:, :, x.shape[2] // 2:] = -1
+        columns = [x, occluded] + [pl_module.complete(x, labels)
+                                   for _ in range(self.num_completions)]
+        images = torch.stack(columns, 1).flatten(0, 1)  # (rows * columns, C, H, W)
+        log_grid(trainer, "completions_test", image_grid(images, len(columns)))
