@@ -9,10 +9,11 @@ import torch
 
 from lightning_gen.losses import categorical_nll, discretize
 from lightning_gen.models.base import GenerativeModel
+from lightning_gen.models.conditional import ConditionalMixin
 from lightning_gen.nets.pixelcnn import GatedPixelCNNNet, PixelCNNNet
 
 
-class PixelCNN(GenerativeModel):
+class PixelCNN(ConditionalMixin, GenerativeModel):
     """Autoregressive image model ``p(x) = prod_i p(x_i | x_<i)`` with a ``num_levels``-way
     softmax per sub-pixel, trained by maximum likelihood.
 
@@ -29,9 +30,9 @@ class PixelCNN(GenerativeModel):
         kernel_size: Kernel of the masked convolutions after the first (7x7) layer.
         num_levels: Intensity levels per sub-pixel (256 for 8-bit images).
         num_classes: Conditioning classes (10) or attributes (40 for CelebA); 0: unconditional.
+        condition_on: ``"class"`` (integer labels) or ``"attributes"`` (0/1 vectors).
         lr: Adam learning rate.
         num_fixed_samples: Images in the sample / completion grids (0: no grids).
-        sample_seed: Seed of the fixed labels of the sample grids.
     """
 
     def __init__(
@@ -43,9 +44,9 @@ class PixelCNN(GenerativeModel):
         kernel_size: int = 3,
         num_levels: int = 256,
         num_classes: int = 0,
+        condition_on: Literal["class", "attributes"] = "class",
         lr: float = 1e-3,
         num_fixed_samples: int = 16,
-        sample_seed: int = 0,
     ) -> None:
         super().__init__()
         if num_levels < 2:
@@ -54,18 +55,9 @@ class PixelCNN(GenerativeModel):
         net = GatedPixelCNNNet if architecture == "gated" else PixelCNNNet
         self.net = net(image_shape[0], hidden=hidden, n_layers=n_layers, kernel_size=kernel_size,
                        num_levels=num_levels, num_classes=num_classes)
-        # Fixed labels for class-conditional sample grids: classes 0..K-1 in turn.
-        self.register_buffer("_fixed_labels", torch.arange(num_fixed_samples) % max(num_classes, 1))
+        self._init_conditioning(max(num_fixed_samples, 1))
 
     # ------------------------------------------------------------------------------------------
-    def conditioning(self, batch) -> torch.Tensor | None:
-        if self.hparams.num_classes and isinstance(batch, (list, tuple)) and len(batch) > 1:
-            return batch[1]
-        return None
-
-    def fixed_labels(self) -> torch.Tensor | None:
-        return self._fixed_labels if self.hparams.num_classes else None
-
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images in [-1, 1] -> ``(levels, network input)``: the input is the image snapped to
         the levels, so training and sampling see the same values."""
@@ -123,8 +115,8 @@ class PixelCNN(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if labels is None and self.hparams.num_classes:
-            labels = torch.arange(n, device=self.device) % self.hparams.num_classes
+        if labels is None:
+            labels = self.default_labels(n)
         was_training = self.training
         self.eval()
         try:
@@ -149,7 +141,7 @@ class PixelCNN(GenerativeModel):
         n = self.hparams.num_fixed_samples
         if n == 0:  # sampling costs C * H * W network evaluations; 0 switches the grids off
             return {}
-        images = {"samples": self.sample(n, self.fixed_labels())}
+        images = {"samples": self.sample(n)}
         if batch is not None:
             x = batch[0][:n] if isinstance(batch, (list, tuple)) else batch[:n]
             labels = self.conditioning(batch)
