@@ -105,7 +105,7 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> 
 
 def gradient_penalty(input_grads: torch.Tensor, target_norm: float = 1.0) -> torch.Tensor:
     """Two-sided gradient penalty ``E[(||grad_x D(x)||_2 - k)^2]`` (Gulrajani et al. 2017, Eq. 3,
-    with ``k = 1``; DRAGAN uses the same form, Kodali et al. 2017, Eq. 9).
+    with ``k = 1``; DRAGAN uses the same form around real data, Kodali et al. 2017).
 
     Args:
         input_grads: ``grad_x D(x)`` at the penalty points, ``(B, ...)``; one norm per sample.
@@ -118,7 +118,7 @@ def gradient_penalty(input_grads: torch.Tensor, target_norm: float = 1.0) -> tor
 def dragan_perturb(real: torch.Tensor, scale: float = 0.5) -> torch.Tensor:
     """DRAGAN's penalty points: real samples plus noise, ``x_p = x + c * std(x) * u``,
     ``u ~ U[0, 1)`` elementwise, ``c = scale`` (Kodali et al. 2017, the authors' implementation
-    of ``x + delta`` in Eq. 9; ``std(x)`` is the batch's standard deviation).
+    of the penalty points ``x + delta``; ``std(x)`` is the batch's standard deviation).
     """
     return real + scale * real.std() * torch.rand_like(real)
 
@@ -128,7 +128,7 @@ def dragan_perturb(real: torch.Tensor, scale: float = 0.5) -> torch.Tensor:
 
 
 def hinge_discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
-    """Hinge loss of the discriminator (Miyato et al. 2018, Eq. 16):
+    """Hinge loss of the discriminator (Lim & Ye 2017; Miyato et al. 2018, Sec. 4):
 
     ``L_D = E_x[max(0, 1 - D(x))] + E_z[max(0, 1 + D(G(z)))]``.
     """

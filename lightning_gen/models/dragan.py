@@ -13,8 +13,8 @@ from lightning_gen.nets.conv import ConvDecoder, ConvEncoder
 
 
 class DRAGAN(_BinaryGANLosses, GANBase):
-    """The GAN game of Eq. 1 with a gradient penalty in a neighbourhood of the *real* data:
-    ``L_D = L_GAN + lambda * E[(||grad_x D(x + delta)||_2 - k)^2]`` (Eq. 9), which keeps the
+    """The GAN game (Goodfellow et al. 2014, Eq. 1) with a gradient penalty in a neighbourhood of the *real* data:
+    ``L_D = L_GAN + lambda * E[(||grad_x D(x + delta)||_2 - k)^2]``, which keeps the
     discriminator from forming sharp gradients around real points (mode collapse).
 
     Args:
