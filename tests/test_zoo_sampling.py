@@ -27,6 +27,7 @@ GENERATORS = {
     "dcgan": lambda: DCGAN(CIFAR, g_width=4, d_width=4),
     "textbook_gan": lambda: TextbookGAN(MNIST),
     "wgan_gp": lambda: WGANGP(CIFAR, g_width=4, d_width=4),
+    "wgan_gp_resnet": lambda: WGANGP(CIFAR, architecture="resnet", g_width=8, d_width=8),
     "dragan": lambda: DRAGAN(CIFAR, g_width=4, d_width=4),
     "instance_noise": lambda: InstanceNoiseDCGAN(CIFAR, g_width=4, d_width=4),
     "sngan": lambda: SNGAN(CIFAR, g_channels=8, d_channels=8),

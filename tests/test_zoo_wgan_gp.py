@@ -60,3 +60,13 @@ def test_wgan_gp_yaml_fits_cifar10(cifar10_dir):
     assert model.hparams.n_critic == 5 and model.hparams.gp_weight == 10.0
     assert tuple(model.hparams.betas) == (0.0, 0.9)
     assert_finite_params(model)
+
+
+def test_wgan_gp_resnet_yaml_fits_cifar10(cifar10_dir):
+    cli = fit_yaml("wgan_gp_resnet_cifar10.yaml", cifar10_dir, "--model.init_args.g_width", "8",
+                   "--model.init_args.d_width", "8", steps=6)
+    model = cli.model
+    assert type(model.discriminator).__name__ == "ResNetDiscriminator"
+    assert not any("parametrizations" in n for n, _ in model.discriminator.named_modules())
+    assert (model.d_steps, model.g_steps) == (5, 1)
+    assert_finite_params(model)

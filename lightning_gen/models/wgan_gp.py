@@ -14,6 +14,7 @@ from lightning_gen.losses import (
 )
 from lightning_gen.models.gan_base import GANBase
 from lightning_gen.nets.conv import ConvDecoder, ConvEncoder
+from lightning_gen.nets.resnet import ResNetDiscriminator, ResNetGenerator
 
 
 class WGANGP(GANBase):
@@ -26,9 +27,12 @@ class WGANGP(GANBase):
     Args:
         image_shape: ``(C, H, W)`` (linked from the DataModule by the CLI).
         latent_dim: Dimension of ``z`` (128 in the paper's CIFAR-10 models).
-        g_width: Channels of G's last hidden layer, doubled towards ``z``.
-        d_width: Channels of the critic's first layer, doubled at each halving.
-        critic_norm: ``"layer"`` (the paper's advice) or ``"none"``.
+        architecture: ``"dcgan"`` (DCGAN-like conv stacks) or ``"resnet"`` (the paper's CIFAR-10
+            ResNet, 32x32 only: G and critic blocks of ``g_width`` / ``d_width`` channels,
+            128 each in the paper, no normalisation in the critic).
+        g_width: Channels of G's last hidden layer, doubled towards ``z`` (ResNet: per block).
+        d_width: Channels of the critic's first layer, doubled at each halving (ResNet: per block).
+        critic_norm: ``"layer"`` (the paper's advice) or ``"none"`` (DCGAN-like critic only).
         gp_weight: ``lambda`` (10 in the paper).
         n_critic: Critic steps per generator step (5 in the paper).
         lr_g, lr_d, betas: Adam settings (paper: 1e-4, (0, 0.9)).
@@ -39,6 +43,7 @@ class WGANGP(GANBase):
         self,
         image_shape: tuple[int, int, int] = (3, 32, 32),
         latent_dim: int = 128,
+        architecture: Literal["dcgan", "resnet"] = "dcgan",
         g_width: int = 64,
         d_width: int = 64,
         critic_norm: Literal["layer", "none"] = "layer",
@@ -60,8 +65,12 @@ class WGANGP(GANBase):
         if gp_weight < 0:
             raise ValueError(f"gp_weight must be >= 0, got {gp_weight}")
         self.save_hyperparameters()
-        self.generator = ConvDecoder(image_shape, latent_dim, width=g_width, output="tanh")
-        self.discriminator = ConvEncoder(image_shape, 1, width=d_width, norm=critic_norm)
+        if architecture == "resnet":
+            self.generator = ResNetGenerator(latent_dim, image_shape, channels=g_width)
+            self.discriminator = ResNetDiscriminator(image_shape, d_width, spectral_norm=False)
+        else:
+            self.generator = ConvDecoder(image_shape, latent_dim, width=g_width, output="tanh")
+            self.discriminator = ConvEncoder(image_shape, 1, width=d_width, norm=critic_norm)
 
     def penalty(self, real: torch.Tensor, fake: torch.Tensor, labels=None) -> torch.Tensor:
         """``E[(||grad_x D(x_hat)||_2 - 1)^2]`` at ``x_hat`` uniformly between real and fake."""
