@@ -56,6 +56,7 @@ class ConditionalMixin:
         return self._fixed_labels.repeat(reps, *([1] * (self._fixed_labels.dim() - 1)))[:n]
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)  # keep the base classes' hooks
         if self.conditional and not bool(self._fixed_labels_set):
             y = batch[1][: self._fixed_labels.shape[0]].to(self._fixed_labels)
             reps = -(-self._fixed_labels.shape[0] // y.shape[0])

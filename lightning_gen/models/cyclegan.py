@@ -165,6 +165,7 @@ class CycleGAN(GANBase):
         self.log_dict({f"train/d_{k}": v for k, v in d_terms.items()}, prog_bar=True)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
         if not bool(self._fixed_set):  # keep the first batch's images for the grids
             n = self.fixed_a.shape[0]
             for buffer, x in ((self.fixed_a, batch[0]), (self.fixed_b, batch[1])):
@@ -173,6 +174,7 @@ class CycleGAN(GANBase):
             self._fixed_set.fill_(True)
 
     def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
         hp = self.hparams
         factor = 1.0 - max(0, self.current_epoch - hp.decay_start_epoch) / max(hp.decay_epochs, 1)
         for opt, lr in zip(self.optimizers(), (hp.lr_g, hp.lr_d), strict=True):

@@ -63,4 +63,5 @@ class InstanceNoiseDCGAN(DCGAN):
         return super().discriminate(x, labels)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)  # e.g. the base's EMA update
         self.log("train/instance_noise_std", self.noise_level, on_step=True, on_epoch=False)
