@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
-import lightning as L
 import torch
+import lightning as L
 
 
 class ImageShapeMismatchError(ValueError):

@@ -8,6 +8,7 @@ generator, and the encoder and decoder of the autoencoders.
 
 from __future__ import annotations
 
+
 import torch
 from torch import nn
 
