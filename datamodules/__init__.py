@@ -4,13 +4,19 @@ from datamodules.base import DatasetNotFoundError, ImageDataModule
 from datamodules.celeba import CelebADataModule
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.digits import DigitsDataModule
+from datamodules.heldout import MNISTHeldOutDataModule
 from datamodules.mnist import MNISTDataModule
+from datamodules.unpaired import CelebAUnpairedDataModule, MNISTInvertedDataModule, UnpairedDataset
 
 __all__ = [
     "CIFAR10DataModule",
     "CelebADataModule",
+    "CelebAUnpairedDataModule",
     "DatasetNotFoundError",
     "DigitsDataModule",
     "ImageDataModule",
     "MNISTDataModule",
+    "MNISTHeldOutDataModule",
+    "MNISTInvertedDataModule",
+    "UnpairedDataset",
 ]

@@ -49,6 +49,18 @@ def test_mnist_experiments_fit_20_steps_on_mnist_files(name, mnist_dir):
     assert (run / "config.yaml").exists() and list((run / "images").glob("*_last.png"))
 
 
+@pytest.mark.parametrize("name, data", [("dcgan_cifar10.yaml", "cifar10_dir"),
+                                        ("dcgan_celeba.yaml", "celeba_dir"),
+                                        ("vae_celeba.yaml", "celeba_dir")])
+def test_cifar10_and_celeba_experiments_fit_on_their_file_formats(name, data, request):
+    main(["fit", "--config", str(ROOT / "experiments" / name), "--data.data_dir",
+          str(request.getfixturevalue(data)), "--data.batch_size", "4", "--trainer.max_steps", "4",
+          *FAST])
+    run = only_run_dir()
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 4
+    assert list((run / "images").glob("*_last.png"))
+
+
 def test_empty_data_dir_exits_nonzero_with_one_clear_message(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

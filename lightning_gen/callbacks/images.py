@@ -24,6 +24,26 @@ def save_grid(grid: torch.Tensor, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
 
 
+def log_grid(trainer: Trainer, name: str, grid: torch.Tensor, epochs_done: int | None = None
+             ) -> Path:
+    """Write ``grid`` to ``<run dir>/images/<name>_epoch<E>.png`` (E: epochs completed,
+    default ``trainer.current_epoch``) and ``<name>_last.png`` (atomically) and log it to W&B /
+    TensorBoard as ``images/<name>`` at the trainer's ``global_step`` (explicit, so images align
+    with scalars). Returns the ``_last`` path."""
+    folder = run_dir(trainer) / "images"
+    step = trainer.global_step
+    epochs_done = trainer.current_epoch if epochs_done is None else epochs_done
+    save_grid(grid, folder / f"{name}_epoch{epochs_done:04d}.png")
+    last = save_grid(grid, folder / f"{name}_last.png")
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=f"images/{name}", images=[grid], step=step,
+                             caption=[f"after {epochs_done} epochs, step {step}"])
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(f"images/{name}", grid, step)
+    return last
+
+
 class ImageGridCallback(Callback):
     """Every ``every_n_epochs`` epochs (and at the end of fitting) ask the model for its named
     image batches (``log_images``: GAN samples from the fixed noise, autoencoder inputs next to
@@ -72,19 +92,10 @@ class ImageGridCallback(Callback):
             named = pl_module.log_images(batch)
         finally:
             pl_module.train(was_training)
-        folder = run_dir(trainer) / "images"
-        step = trainer.global_step
         for name, images in named.items():
             grid = image_grid(images, self.nrow)
-            save_grid(grid, folder / f"{name}_epoch{epochs_done:04d}.png")
-            self.last_paths[name] = save_grid(grid, folder / f"{name}_last.png")
-            for logger in trainer.loggers:
-                if isinstance(logger, WandbLogger):
-                    logger.log_image(key=f"images/{name}", images=[grid], step=step,
-                                     caption=[f"after {epochs_done} epochs, step {step}"])
-                elif isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_image(f"images/{name}", grid, step)
-        self.last_logged_step = step
+            self.last_paths[name] = log_grid(trainer, name, grid, epochs_done)
+        self.last_logged_step = trainer.global_step
 
 
 def _head(batch, n: int = 64):

@@ -2,8 +2,20 @@
 
 from lightning_gen.models.autoencoder import Autoencoder
 from lightning_gen.models.base import GenerativeModel, ImageShapeMismatchError
+from lightning_gen.models.cvae import CVAE
+from lightning_gen.models.cyclegan import CycleGAN
 from lightning_gen.models.dcgan import DCGAN
+from lightning_gen.models.dragan import DRAGAN
+from lightning_gen.models.gan import GAN, TextbookGAN
 from lightning_gen.models.gan_base import GANBase
+from lightning_gen.models.instance_noise import InstanceNoiseDCGAN
+from lightning_gen.models.pixelcnn import PixelCNN
+from lightning_gen.models.sngan import SNGAN
 from lightning_gen.models.vae import VAE
+from lightning_gen.models.wgan_gp import WGANGP
 
-__all__ = ["DCGAN", "GANBase", "Autoencoder", "GenerativeModel", "ImageShapeMismatchError", "VAE"]
+__all__ = [
+    "CVAE", "DCGAN", "DRAGAN", "GAN", "SNGAN", "VAE", "WGANGP", "Autoencoder", "CycleGAN",
+    "GANBase", "GenerativeModel", "ImageShapeMismatchError", "InstanceNoiseDCGAN", "PixelCNN",
+    "TextbookGAN",
+]

@@ -64,14 +64,30 @@ class VAE(GenerativeModel):
         self.register_buffer("fixed_noise", noise)
 
     # ------------------------------------------------------------------------------------------
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Conditioning hooks (the conditional VAE overrides them; labels are None here)
+    def conditioning(self, batch) -> torch.Tensor | None:
+        return None
+
+    def fixed_labels(self) -> torch.Tensor | None:
+        return None
+
+    def encoder_input(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return x
+
+    def decoder_input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return z
+
+    # ------------------------------------------------------------------------------------------
+    def encode(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters ``(mu, logvar)``, each ``(B, latent_dim)``."""
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        mu, logvar = self.encoder(self.encoder_input(x, labels)).chunk(2, dim=1)
         return mu, logvar.clamp(-30.0, 20.0)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder output: Bernoulli logits or Gaussian means, ``(B, C, H, W)``."""
-        return self.decoder(z)
+        return self.decoder(self.decoder_input(z, labels))
 
     def to_image(self, decoded: torch.Tensor) -> torch.Tensor:
         """Decoder output -> image in [-1, 1] (the likelihood's mean)."""
@@ -85,10 +101,12 @@ class VAE(GenerativeModel):
             return bernoulli_log_likelihood(decoded, (x + 1) / 2)
         return gaussian_log_likelihood(decoded, x, self.hparams.gaussian_std)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        mu, logvar = self.encode(x)
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        mu, logvar = self.encode(x, labels)
         z = reparameterize(mu, logvar)
-        decoded = self.decode(z)
+        decoded = self.decode(z, labels)
         log_px = self.log_likelihood(decoded, x)
         kl = gaussian_kl(mu, logvar)
         return {"mu": mu, "logvar": logvar, "z": z, "decoded": decoded,
@@ -96,7 +114,7 @@ class VAE(GenerativeModel):
 
     # ------------------------------------------------------------------------------------------
     def _step(self, batch, stage: str) -> torch.Tensor:
-        out = self(batch[0])
+        out = self(batch[0], self.conditioning(batch))
         recon, kl = -out["log_px"].mean(), out["kl"].mean()
         loss = recon + self.hparams.beta * kl
         sync = stage != "train"
@@ -120,13 +138,15 @@ class VAE(GenerativeModel):
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def importance_weighted_bound(self, x: torch.Tensor, k: int = 64) -> torch.Tensor:
+    def importance_weighted_bound(
+        self, x: torch.Tensor, k: int = 64, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """IWAE bound (Burda et al. 2016) per image, ``(B,)``, in nats:
 
         ``log p(x) >= E[log 1/K sum_k p(x|z_k) p(z_k) / q(z_k|x)]``, ``z_k ~ q(z|x)``.
         ``k = 1`` is the ELBO; the bound tightens as ``k`` grows.
         """
-        mu, logvar = self.encode(x)
+        mu, logvar = self.encode(x, labels)
         std = torch.exp(0.5 * logvar)
         log_w = []
         for _ in range(k):
@@ -134,18 +154,21 @@ class VAE(GenerativeModel):
             z = mu + std * eps
             log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(1)
             log_p_z = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(1)
-            log_w.append(self.log_likelihood(self.decode(z), x) + log_p_z - log_q)
+            log_w.append(self.log_likelihood(self.decode(z, labels), x) + log_p_z - log_q)
         return torch.logsumexp(torch.stack(log_w), dim=0) - math.log(k)
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
         z = torch.randn(n, self.hparams.latent_dim, device=self.device)
-        return self.to_image(self.decode(z))
+        return self.to_image(self.decode(z, labels))
 
     @torch.no_grad()
     def log_images(self, batch) -> dict[str, torch.Tensor]:
         x = batch[0][:32]
-        mu, _ = self.encode(x)
-        x_hat = self.to_image(self.decode(mu))
+        labels = self.conditioning(batch)
+        labels = labels[:32] if labels is not None else None
+        mu, _ = self.encode(x, labels)
+        x_hat = self.to_image(self.decode(mu, labels))
         pairs = torch.stack([x, x_hat], dim=1).flatten(0, 1)  # input / reconstruction
-        return {"reconstructions": pairs, "samples": self.to_image(self.decode(self.fixed_noise))}
+        samples = self.to_image(self.decode(self.fixed_noise, self.fixed_labels()))
+        return {"reconstructions": pairs, "samples": samples}

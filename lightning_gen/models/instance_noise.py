@@ -1,0 +1,67 @@
+"""DCGAN with instance noise (Sønderby et al. 2017; Arjovsky & Bottou 2017): "add noise to
+real samples", and to fake ones, before the discriminator sees them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from lightning_gen.losses import linear_anneal
+from lightning_gen.models.dcgan import DCGAN
+
+
+class InstanceNoiseDCGAN(DCGAN):
+    """DCGAN whose discriminator sees ``x + sigma * eps``, ``eps ~ N(0, I)``, for real and
+    generated images alike (in D's and G's steps), with ``sigma`` annealed linearly from
+    ``noise_std`` to 0 over ``anneal_steps`` discriminator steps. The noise makes the supports
+    of the real and fake distributions overlap, so D cannot separate them perfectly and G's
+    gradients do not vanish early in training; annealing it removes the bias it adds later.
+
+    Args:
+        noise_std: ``sigma`` at the start (0.1 on the [-1, 1] scale).
+        anneal_steps: Discriminator steps over which ``sigma`` decays to 0 (0: constant).
+        image_shape, latent_dim, g_width, d_width, generator_loss_type, ...: see ``DCGAN``.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (3, 32, 32),
+        latent_dim: int = 100,
+        g_width: int = 64,
+        d_width: int = 64,
+        noise_std: float = 0.1,
+        anneal_steps: int = 50_000,
+        generator_loss_type: Literal["non_saturating", "minimax"] = "non_saturating",
+        n_critic: int = 1,
+        lr_g: float = 2e-4,
+        lr_d: float = 2e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+        optimizer: Literal["adam", "rmsprop"] = "adam",
+        grad_clip: float = 0.0,
+        num_fixed_samples: int = 64,
+        sample_seed: int = 0,
+    ) -> None:
+        if noise_std < 0 or anneal_steps < 0:
+            raise ValueError("noise_std and anneal_steps must be >= 0")
+        super().__init__(
+            image_shape=image_shape, latent_dim=latent_dim, g_width=g_width, d_width=d_width,
+            generator_loss_type=generator_loss_type, n_critic=n_critic, lr_g=lr_g, lr_d=lr_d,
+            betas=betas, optimizer=optimizer, grad_clip=grad_clip,
+            num_fixed_samples=num_fixed_samples, sample_seed=sample_seed,
+        )
+        self.save_hyperparameters()
+
+    @property
+    def noise_level(self) -> float:
+        return linear_anneal(self.d_steps, self.hparams.noise_std, self.hparams.anneal_steps)
+
+    def discriminate(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        sigma = self.noise_level if self.training else 0.0
+        if sigma > 0:
+            x = x + sigma * torch.randn_like(x)
+        return super().discriminate(x, labels)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)  # e.g. the base's EMA update
+        self.log("train/instance_noise_std", self.noise_level, on_step=True, on_epoch=False)

@@ -1,0 +1,99 @@
+"""The lecture callbacks: the latents they build and the numbers they report, against
+independent computations."""
+
+from __future__ import annotations
+
+import torch
+from sklearn.metrics import roc_auc_score
+
+from lightning_gen.callbacks import (
+    LatentArithmeticCallback,
+    LatentInterpolationCallback,
+    LatentTraversalCallback,
+    OutlierAUROCCallback,
+)
+from lightning_gen.callbacks.latent import lerp, slerp
+from lightning_gen.models import VAE
+
+
+def test_interpolation_paths_start_and_end_at_the_endpoints():
+    for mode in ("linear", "slerp"):
+        cb = LatentInterpolationCallback(num_pairs=3, num_steps=5, mode=mode, seed=1)
+        z = cb.paths(4).view(3, 5, 4)
+        ends = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(1))
+        assert torch.allclose(z[:, 0], ends[:, 0], atol=1e-5)
+        assert torch.allclose(z[:, -1], ends[:, 1], atol=1e-5)
+
+
+def test_slerp_keeps_the_norm_between_orthogonal_unit_vectors():
+    z0, z1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    t = torch.linspace(0, 1, 7)
+    assert torch.allclose(slerp(z0, z1, t).norm(dim=1), torch.ones(7), atol=1e-5)
+    assert torch.allclose(lerp(z0, z1, t)[3], torch.tensor([0.5, 0.5]))
+
+
+def test_traversal_varies_exactly_one_dimension_per_row():
+    cb = LatentTraversalCallback(num_steps=5, span=2.0)
+    base = torch.randn(6)
+    z = cb.codes(base, [1, 4]).view(2, 5, 6)
+    for row, dim in enumerate([1, 4]):
+        assert torch.allclose(z[row, :, dim], torch.linspace(-2, 2, 5))
+        others = [d for d in range(6) if d != dim]
+        assert torch.equal(z[row][:, others], base[others].expand(5, -1))
+
+
+def test_traversal_of_a_vae_shows_its_highest_kl_dimensions():
+    torch.manual_seed(0)
+    model = VAE((1, 28, 28), latent_dim=4, width=4).eval()
+    mu = torch.tensor([[0.0, 3.0, 0.0, 1.0]]).repeat(2, 1)
+    model.encode = lambda x, labels=None: (mu, torch.zeros_like(mu))  # KL_j = mu_j^2 / 2
+    cb = LatentTraversalCallback(num_dims=2)
+    cb.batch = [torch.zeros(2, 1, 28, 28), torch.zeros(2)]
+    base, dims = cb.base_and_dims(model, 4)
+    assert dims == [1, 3] and torch.equal(base, mu[0])
+
+
+def test_attribute_vector_is_the_difference_of_mean_codes():
+    # With a known encoder (mu = the first 3 pixels), the smile vector must equal the mean code
+    # of smiling faces minus that of the others, computed here directly.
+    torch.manual_seed(0)
+    model = VAE((1, 28, 28), latent_dim=3, width=4).eval()
+    model.encode = lambda x, labels=None: (x.flatten(1)[:, :3], torch.zeros(len(x), 3))
+    x = torch.randn(20, 1, 28, 28)
+    attrs = torch.randint(0, 2, (20, 40))
+    cb = LatentArithmeticCallback(attribute="Smiling", num_images=20, num_faces=4)
+    v, faces, labels = cb.attribute_vector(model, [(x[:10], attrs[:10]), (x[10:], attrs[10:])])
+    smiling = attrs[:, 31].bool()  # "Smiling" is attribute 31 of CelebA's list
+    codes = x.flatten(1)[:, :3]
+    assert torch.allclose(v, codes[smiling].mean(0) - codes[~smiling].mean(0), atol=1e-6)
+    assert faces.shape == (4, 1, 28, 28) and labels is None
+
+
+def test_outlier_score_auroc_matches_scikit_learn():
+    torch.manual_seed(0)
+
+    class Stub(torch.nn.Module):
+        device = torch.device("cpu")
+
+        def reconstruction_error(self, x):
+            return x.flatten(1).mean(1)
+
+    class Data:
+        test_set = True
+
+        def __init__(self, batches):
+            self.batches = batches
+
+        def test_dataloader(self):
+            return self.batches
+
+    x = torch.randn(40, 1, 2, 2)
+    y = torch.randint(0, 3, (40,))
+    x[y == 2] += 0.7  # the outliers reconstruct worse, on average
+    trainer = type("T", (), {"datamodule": Data([(x[:25], y[:25]), (x[25:], y[25:])]),
+                             "loggers": [], "global_step": 0, "current_epoch": 0,
+                             "default_root_dir": ".", "is_global_zero": True})()
+    cb = OutlierAUROCCallback(outlier_class=2, num_show=4)
+    cb.run(trainer, Stub())
+    expected = roc_auc_score((y == 2).numpy(), x.flatten(1).mean(1).numpy())
+    assert abs(cb.auroc - expected) < 1e-6
