@@ -75,3 +75,131 @@ def gaussian_log_likelihood(mean: torch.Tensor, x: torch.Tensor, std: float) -> 
     sq = (x - mean).pow(2).flatten(1).sum(dim=1)
     d = x[0].numel()
     return -sq / (2 * std**2) - d * (math.log(std) + 0.5 * math.log(2 * math.pi))
+
+
+# ----------------------------------------------------------------------------------------------
+# Wasserstein GAN with gradient penalty (Arjovsky et al. 2017; Gulrajani et al. 2017)
+
+
+def wasserstein_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """Critic loss of the WGAN (Gulrajani et al. 2017, Algorithm 1, without the penalty).
+
+    ``L_D = E_z[D(G(z))] - E_x[D(x)]``: the negated estimate of the Wasserstein-1 distance.
+    """
+    return fake_scores.mean() - real_scores.mean()
+
+
+def wasserstein_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """Generator loss of the WGAN: ``L_G = -E_z[D(G(z))]``."""
+    return -fake_scores.mean()
+
+
+def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Points on straight lines between real and fake samples (Gulrajani et al. 2017, Alg. 1):
+
+    ``x_hat = alpha * x + (1 - alpha) * x_tilde``, ``alpha ~ U[0, 1]`` per sample, shape ``(B,)``.
+    """
+    alpha = alpha.view(-1, *([1] * (real.dim() - 1)))
+    return alpha * real + (1 - alpha) * fake
+
+
+def gradient_penalty(input_grads: torch.Tensor, target_norm: float = 1.0) -> torch.Tensor:
+    """Two-sided gradient penalty ``E[(||grad_x D(x)||_2 - k)^2]`` (Gulrajani et al. 2017, Eq. 3,
+    with ``k = 1``; DRAGAN uses the same form, Kodali et al. 2017, Eq. 9).
+
+    Args:
+        input_grads: ``grad_x D(x)`` at the penalty points, ``(B, ...)``; one norm per sample.
+        target_norm: ``k``.
+    """
+    norms = input_grads.flatten(1).norm(2, dim=1)
+    return (norms - target_norm).pow(2).mean()
+
+
+def dragan_perturb(real: torch.Tensor, scale: float = 0.5) -> torch.Tensor:
+    """DRAGAN's penalty points: real samples plus noise, ``x_p = x + c * std(x) * u``,
+    ``u ~ U[0, 1)`` elementwise, ``c = scale`` (Kodali et al. 2017, the authors' implementation
+    of ``x + delta`` in Eq. 9; ``std(x)`` is the batch's standard deviation).
+    """
+    return real + scale * real.std() * torch.rand_like(real)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hinge loss (Lim & Ye 2017; Miyato et al. 2018, SNGAN)
+
+
+def hinge_discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """Hinge loss of the discriminator (Miyato et al. 2018, Eq. 16):
+
+    ``L_D = E_x[max(0, 1 - D(x))] + E_z[max(0, 1 + D(G(z)))]``.
+    """
+    return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
+
+
+def hinge_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """Generator loss paired with the hinge discriminator loss: ``L_G = -E_z[D(G(z))]``."""
+    return -fake_scores.mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# Least-squares GAN (Mao et al. 2017), as used by CycleGAN (Zhu et al. 2017)
+
+
+def least_squares_discriminator_loss(
+    real_scores: torch.Tensor, fake_scores: torch.Tensor
+) -> torch.Tensor:
+    """LSGAN discriminator loss with targets ``b = 1`` (real), ``a = 0`` (fake) (Mao et al. 2017,
+    Eq. 2), halved as in CycleGAN's implementation ("divide the objective by 2 while optimizing
+    D"): ``L_D = 1/2 (E_x[(D(x) - 1)^2] + E_z[D(G(z))^2])``.
+    """
+    return 0.5 * ((real_scores - 1).pow(2).mean() + fake_scores.pow(2).mean())
+
+
+def least_squares_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """LSGAN generator loss with target ``c = 1``: ``L_G = E_z[(D(G(z)) - 1)^2]``."""
+    return (fake_scores - 1).pow(2).mean()
+
+
+def cycle_consistency_loss(x: torch.Tensor, x_cycled: torch.Tensor) -> torch.Tensor:
+    """Cycle-consistency loss (Zhu et al. 2017, Eq. 2), one direction:
+    ``E_x[||F(G(x)) - x||_1]``, averaged over pixels.
+    """
+    return (x_cycled - x).abs().mean()
+
+
+def identity_loss(x: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
+    """Identity-mapping loss (Zhu et al. 2017, Sec. 5.2; Taigman et al. 2017):
+    ``E_y[||G(y) - y||_1]``: a generator fed an image of its target domain should keep it.
+    """
+    return (mapped - x).abs().mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# Instance noise (Sønderby et al. 2017; Arjovsky & Bottou 2017)
+
+
+def linear_anneal(step: int, start: float, anneal_steps: int) -> float:
+    """``start`` decayed linearly to 0 over ``anneal_steps`` steps, 0 afterwards:
+    ``sigma(t) = start * max(0, 1 - t / T)`` (the instance-noise schedule; ``T = 0``: constant).
+    """
+    if anneal_steps <= 0:
+        return float(start)
+    return float(start) * max(0.0, 1.0 - step / anneal_steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Autoregressive likelihoods (van den Oord et al. 2016)
+
+
+def discretize(x: torch.Tensor, num_levels: int = 256) -> torch.Tensor:
+    """Images in [-1, 1] -> integer levels ``0..num_levels-1`` (``round((x + 1) / 2 * (L - 1))``)."""
+    return ((x + 1) / 2 * (num_levels - 1)).round().clamp(0, num_levels - 1).long()
+
+
+def categorical_nll(logits: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """``-log p(x) = -sum_i log softmax(logits_i)[x_i]`` per image, in nats, shape ``(B,)``.
+
+    ``logits``: ``(B, L, C, H, W)`` over ``L`` intensity levels; ``levels``: ``(B, C, H, W)``.
+    Divide by ``C * H * W * ln 2`` for bits per dimension.
+    """
+    nll = F.cross_entropy(logits, levels, reduction="none")  # (B, C, H, W)
+    return nll.flatten(1).sum(dim=1)
