@@ -35,6 +35,9 @@ class GenerativeModel(L.LightningModule):
     #: Set by :class:`~lightning_gen.callbacks.performance.Performance`: batches are converted
     #: to ``torch.channels_last`` like the parameters.
     channels_last: bool = False
+    #: Under float16 AMP, consecutive non-finite losses left to the GradScaler (each skips its
+    #: update and halves the scale) before the run is stopped as diverged.
+    max_skipped_amp_steps: int = 20
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
@@ -61,7 +64,16 @@ class GenerativeModel(L.LightningModule):
         bad = (~torch.isfinite(loss.detach())).any().float()
         if self._trainer is not None and self.trainer.world_size > 1:
             bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
-        if bad.item() > 0:
+        if bad.item() == 0:
+            self._non_finite_streak = 0
+            return
+        # Under float16 AMP an overflow is routine: the GradScaler skips that update and lowers
+        # its scale (a gradient penalty's scaled input gradients can overflow, PyTorch's AMP
+        # recipe relies on this). Only a loss that stays non-finite while the scale keeps
+        # halving is divergence.
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer else None
+        self._non_finite_streak = getattr(self, "_non_finite_streak", 0) + 1
+        if scaler is None or self._non_finite_streak > self.max_skipped_amp_steps:
             self._raise_non_finite(loss)
 
     def _raise_non_finite(self, loss: torch.Tensor) -> None:

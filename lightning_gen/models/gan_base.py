@@ -167,6 +167,14 @@ class GANBase(GenerativeModel):
         if isinstance(strategy, DDPStrategy):
             strategy._ddp_kwargs["find_unused_parameters"] = True
 
+    def on_train_start(self) -> None:
+        # seed_everything gives every DDP rank the same seed, so every rank would draw the same
+        # noise z: the fake half of the global batch would be one batch repeated. Offset the
+        # generator noise stream per rank (rank 0 keeps the seeded stream; parameters stay in
+        # sync through DDP's initial broadcast and gradient all-reduce).
+        if self.trainer.world_size > 1 and self.global_rank > 0:
+            torch.manual_seed((torch.initial_seed() + 7919 * self.global_rank) % 2**63)
+
     def configure_optimizers(self):
         hp = self.hparams
         opt_g = self._make_optimizer(self.generator.parameters(), hp.lr_g)
