@@ -8,7 +8,6 @@ generator, and the encoder and decoder of the autoencoders.
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
