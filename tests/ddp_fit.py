@@ -3,7 +3,7 @@
     python -m tests.ddp_fit --model dcgan --out DIR [--steps 6]
 
 Lightning's ``ddp`` strategy on CPU re-runs this module once per extra rank (gloo backend).
-Each rank writes ``DIR/rank<R>.pt`` with its generator's state before and after fitting, its
+Each rank writes ``DIR/rank<R>.pt`` with its generator's (or model's) state before and after fitting, its
 step counters and a digest of the first batch it saw, for the test to compare across ranks.
 """
 
@@ -16,12 +16,15 @@ import lightning as L
 import torch
 
 from datamodules import DigitsDataModule
-from lightning_gen.models import DCGAN, WGANGP
+from lightning_gen.models import DCGAN, VAE, WGANGP, PixelCNN
 
 TINY = {"image_shape": (1, 16, 16), "latent_dim": 8, "g_width": 8, "d_width": 8}
 MODELS = {
     "dcgan": lambda: DCGAN(**TINY),
     "wgan_gp": lambda: WGANGP(**TINY, n_critic=2),
+    "vae": lambda: VAE(image_shape=(1, 16, 16), latent_dim=4, width=8),
+    "pixelcnn": lambda: PixelCNN(image_shape=(1, 16, 16), hidden=8, n_layers=2,
+                                 num_fixed_samples=0),
 }
 
 
@@ -40,7 +43,8 @@ def main() -> None:
 
     L.seed_everything(0)
     model = MODELS[args.model]()
-    initial = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    net = getattr(model, "generator", model)  # the generator, or the whole model
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
     first = FirstBatch()
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_steps=args.steps,
@@ -51,8 +55,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save({
         "initial": initial,
-        "final": model.generator.state_dict(),
-        "d_steps": model.d_steps, "g_steps": model.g_steps,
+        "final": net.state_dict(),
+        "d_steps": getattr(model, "d_steps", None), "g_steps": getattr(model, "g_steps", None),
         "first_batch": first.digest, "world_size": trainer.world_size,
         "logged": {k: float(v) for k, v in trainer.callback_metrics.items()},
     }, args.out / f"rank{trainer.global_rank}.pt")

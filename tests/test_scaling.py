@@ -20,7 +20,7 @@ from lightning.pytorch.plugins import MixedPrecision
 
 from datamodules import DigitsDataModule
 from lightning_gen.callbacks import Performance
-from lightning_gen.models import DCGAN, VAE, WGANGP, Autoencoder
+from lightning_gen.models import DCGAN, VAE, WGANGP, Autoencoder, PixelCNN
 from lightning_gen.models.base import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +34,7 @@ GANS = {
 OTHERS = {
     "vae": lambda: VAE(image_shape=SHAPE, latent_dim=4, width=8),
     "autoencoder": lambda: Autoencoder(image_shape=SHAPE, latent_dim=4, width=8),
+    "pixelcnn": lambda: PixelCNN(image_shape=SHAPE, hidden=8, n_layers=2, num_fixed_samples=0),
 }
 
 
@@ -86,7 +87,7 @@ def test_ddp_two_cpu_processes_keep_generators_identical(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(GANS) + sorted(OTHERS))
 def test_bf16_mixed_on_cpu_fits_with_finite_losses(name):
     model = GANS[name]() if name in GANS else OTHERS[name]()
-    net = model.discriminator if name in GANS else model.encoder
+    net = model.discriminator if name in GANS else getattr(model, "encoder", None) or model.net
     dtypes = set()
     net.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
     trainer = tiny_trainer(precision="bf16-mixed")
