@@ -1,5 +1,5 @@
 """Opt-in speed options that change no result and no checkpoint: ``channels_last`` memory
-format and ``torch.compile`` of the networks.
+format, ``torch.compile`` of the networks, and logging training terms only when written.
 
 The CLI adds it to every run as ``--performance.*`` (both off by default)::
 
@@ -32,6 +32,10 @@ class Performance(Callback):
             ``"max-autotune"``, ...).
         compile_backend: ``torch.compile``'s ``backend`` (``"inductor"``; ``"eager"`` only
             traces, for tests).
+        log_every_step: ``False``: the suite's models log training terms only at the steps
+            Lightning writes them (``trainer.log_every_n_steps``), saving Lightning's per-value
+            logging overhead on the other steps; the progress bar and
+            ``trainer.callback_metrics`` then update at those steps only.
     """
 
     def __init__(
@@ -40,14 +44,18 @@ class Performance(Callback):
         compile: bool = False,
         compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = None,
         compile_backend: str = "inductor",
+        log_every_step: bool = True,
     ) -> None:
         self.channels_last = channels_last
         self.compile = compile
         self.compile_mode = compile_mode
         self.compile_backend = compile_backend
+        self.log_every_step = log_every_step
         self.compiled: list[str] = []
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not self.log_every_step:
+            pl_module.log_every_step = False
         if self.channels_last:
             pl_module.to(memory_format=torch.channels_last)
             pl_module.channels_last = True  # GenerativeModel converts the batches too

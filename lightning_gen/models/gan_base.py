@@ -197,7 +197,6 @@ class GANBase(GenerativeModel):
         d_terms = self._optimizer_step(opt_d, lambda: self.discriminator_loss(real, fake, labels),
                                        "train/d_loss")
         self.d_steps += 1
-        self.log_terms({f"train/d_{k}": v for k, v in d_terms.items()}, prog_bar=True)
 
         # Generator step every n_critic discriminator steps.
         if self.d_steps % self.hparams.n_critic == 0:
@@ -208,11 +207,17 @@ class GANBase(GenerativeModel):
             g_terms = self._optimizer_step(opt_g, g_closure, "train/g_loss")
             self.g_steps += 1
             self.update_ema()
-            self.log_terms({f"train/g_{k}": v for k, v in g_terms.items()}, prog_bar=True)
-        self.log_dict(
-            {"train/d_steps": float(self.d_steps), "train/g_steps": float(self.g_steps)},
-            on_step=True, on_epoch=False,
-        )
+            self._last_g_terms = {f"train/g_{k}": v for k, v in g_terms.items()}
+        # One log call (one collective under DDP) at the steps Lightning writes logs; the
+        # generator's terms are those of its latest step.
+        if self.should_log_step():
+            counters = torch.tensor([self.d_steps, self.g_steps], dtype=torch.float32,
+                                    device=self.device)
+            self.log_terms({
+                **{f"train/d_{k}": v for k, v in d_terms.items()},
+                **getattr(self, "_last_g_terms", {}),
+                "train/d_steps": counters[0], "train/g_steps": counters[1],
+            }, prog_bar=True)
 
     def _optimizer_step(self, optimizer, closure, name: str) -> dict[str, torch.Tensor]:
         """One update of ``optimizer``'s network: toggle, zero, backward, clip, step, untoggle.
@@ -282,6 +287,7 @@ class GANBase(GenerativeModel):
         return {"samples": images}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)  # the non-finite-loss check
         checkpoint["gan_steps"] = {"d_steps": self.d_steps, "g_steps": self.g_steps}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
