@@ -194,8 +194,8 @@ class GANBase(GenerativeModel):
         # Discriminator step: maximise its objective on real vs. (detached) fake samples.
         with torch.no_grad():
             fake = self.generate(self.sample_noise(real.shape[0]), labels)
-        d_terms = self._optimizer_step(opt_d, lambda: self.discriminator_loss(real, fake, labels),
-                                       "train/d_loss")
+        self._current_loss_name = "train/d_loss"  # for the non-finite-loss message
+        d_terms = self._optimizer_step(opt_d, lambda: self.discriminator_loss(real, fake, labels))
         self.d_steps += 1
 
         # Generator step every n_critic discriminator steps.
@@ -204,7 +204,8 @@ class GANBase(GenerativeModel):
                 fake = self.generate(self.sample_noise(real.shape[0]), labels)
                 return self.generator_loss(fake, labels)
 
-            g_terms = self._optimizer_step(opt_g, g_closure, "train/g_loss")
+            self._current_loss_name = "train/g_loss"
+            g_terms = self._optimizer_step(opt_g, g_closure)
             self.g_steps += 1
             self.update_ema()
             self._last_g_terms = {f"train/g_{k}": v for k, v in g_terms.items()}
@@ -219,7 +220,7 @@ class GANBase(GenerativeModel):
                 "train/d_steps": counters[0], "train/g_steps": counters[1],
             }, prog_bar=True)
 
-    def _optimizer_step(self, optimizer, closure, name: str) -> dict[str, torch.Tensor]:
+    def _optimizer_step(self, optimizer, closure) -> dict[str, torch.Tensor]:
         """One update of ``optimizer``'s network: toggle, zero, backward, clip, step, untoggle.
 
         ``toggle_optimizer`` switches off ``requires_grad`` of the other network, so its
@@ -229,7 +230,6 @@ class GANBase(GenerativeModel):
         try:
             terms = closure()
             optimizer.zero_grad(set_to_none=True)
-            self._current_loss_name = name  # for the non-finite-loss message
             self.manual_backward(terms["loss"])
             if self.hparams.grad_clip > 0:
                 self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip,
