@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -55,6 +56,10 @@ class LightningGenCLI(LightningCLI):
         parser.add_lightning_class_args(Performance, "performance")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
 
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand is not None:
+            _resume_latest_run(self.config[self.subcommand])
+
     # Missing data is reported before anything is written (no run folder, no W&B run).
     def _check_data(self) -> None:
         if self.datamodule is not None:
@@ -78,9 +83,38 @@ class LightningGenCLI(LightningCLI):
                 offline_dir = logger.offline_run_dir() if logger.offline else None
                 if offline_dir is not None:
                     lines.append(f"W&B offline run: {offline_dir}  (upload: wandb sync {offline_dir})")
-                elif logger._experiment is not None and getattr(logger._experiment, "url", None):
-                    lines.append(f"W&B run: {logger._experiment.url}")
+                elif logger.run_url:
+                    lines.append(f"W&B run: {logger.run_url}")
         print("\n".join(lines), flush=True)
+
+
+def _resume_latest_run(config) -> None:
+    """``--ckpt_path last`` continues the latest run of the same experiment in its own folder.
+
+    Each invocation gets a fresh run folder, so Lightning's ``ckpt_path="last"`` would look for
+    ``last.ckpt`` in an empty folder. For the suite's W&B logger without an explicit
+    ``version``, pick the newest ``save_dir/project/<name>-*/checkpoints/last.ckpt`` and reuse
+    that run's version: checkpoints, images and the W&B run (resumed by id) continue there.
+    """
+    if config.get("ckpt_path") != "last":
+        return
+    logger = config.get("trainer", {}).get("logger")
+    if not hasattr(logger, "get") or not str(logger.get("class_path", "")).endswith(
+        "lightning_gen.loggers.WandbLogger"
+    ):
+        return
+    args = logger.get("init_args")
+    if args is None or args.get("version"):
+        return
+    root = Path(args.get("save_dir") or "runs") / (args.get("project") or "lightning-gen")
+    name = args.get("name") or "run"
+    runs = sorted(root.glob(f"{name}-*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise FileNotFoundError(
+            f"--ckpt_path last: no earlier run of '{name}' with checkpoints/last.ckpt under "
+            f"'{root}'. Start one without --ckpt_path, or pass the checkpoint's path."
+        )
+    args["version"] = runs[-1].parent.parent.name
 
 
 def default_logger() -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 
 WANDB_HOST = "api.wandb.ai"
 
@@ -83,9 +84,12 @@ class WandbLogger(_LightningWandbLogger):
             log_model=log_model and not offline, **extra,
         )
         self._run_dir = Path(save_dir) / project / version
+        self.run_url: str | None = None
         # W&B writes below its `dir`: give it the run folder, keep save_dir for Lightning's
         # checkpoint path (save_dir/project/version/checkpoints = log_dir/checkpoints).
-        self._wandb_init["dir"] = str(self._run_dir)
+        # Absolute: wandb-core is one service per process whose working directory is that of
+        # the first run; a relative path from a later run (after a chdir) would land there.
+        self._wandb_init["dir"] = os.path.abspath(self._run_dir)
         self._wandb_init.pop("anonymous", None)  # deprecated by wandb, unused here
 
     @property
@@ -104,6 +108,16 @@ class WandbLogger(_LightningWandbLogger):
             if self._offline:
                 os.environ["WANDB_MODE"] = "offline"
         return super().experiment
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        """Finish the W&B run at the end of each trainer call, so its files are complete on disk
+        (an offline run is only fully written by ``finish``) and a later call starts cleanly."""
+        super().finalize(status)
+        if self._experiment is not None and hasattr(self._experiment, "finish"):
+            self.run_url = getattr(self._experiment, "url", None)
+            self._experiment.finish(exit_code=0 if status == "success" else 1)
+            self._experiment = None
 
     def offline_run_dir(self) -> Path | None:
         """The ``wandb/offline-run-*`` folder of this run, if offline and started."""

@@ -28,7 +28,7 @@ class ImageGridCallback(Callback):
     """Every ``every_n_epochs`` epochs (and at the end of fitting) ask the model for its named
     image batches (``log_images``: GAN samples from the fixed noise, autoencoder inputs next to
     reconstructions, ...), log each as a grid with an explicit step, and write it to
-    ``<run dir>/images/<name>_epoch<E>.png`` (and ``<name>_last.png``).
+    ``<run dir>/images/<name>_epoch<E>.png`` (E: epochs completed) and ``<name>_last.png``.
 
     Args:
         every_n_epochs: Interval in epochs (0: only at the end of fitting).
@@ -55,14 +55,14 @@ class ImageGridCallback(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         n = self.every_n_epochs
         if n > 0 and (trainer.current_epoch + 1) % n == 0:
-            self.log_grids(trainer, pl_module)
+            self.log_grids(trainer, pl_module, epochs_done=trainer.current_epoch + 1)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.global_step != self.last_logged_step:
-            self.log_grids(trainer, pl_module)
+            self.log_grids(trainer, pl_module, epochs_done=trainer.current_epoch)
 
     @rank_zero_only
-    def log_grids(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def log_grids(self, trainer: Trainer, pl_module: LightningModule, epochs_done: int) -> None:
         if self.batch is None and not hasattr(pl_module, "fixed_noise"):
             return
         was_training = pl_module.training
@@ -76,12 +76,12 @@ class ImageGridCallback(Callback):
         step = trainer.global_step
         for name, images in named.items():
             grid = image_grid(images, self.nrow)
-            save_grid(grid, folder / f"{name}_epoch{trainer.current_epoch:04d}.png")
+            save_grid(grid, folder / f"{name}_epoch{epochs_done:04d}.png")
             self.last_paths[name] = save_grid(grid, folder / f"{name}_last.png")
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.log_image(key=f"images/{name}", images=[grid], step=step,
-                                     caption=[f"epoch {trainer.current_epoch}, step {step}"])
+                                     caption=[f"after {epochs_done} epochs, step {step}"])
                 elif isinstance(logger, TensorBoardLogger):
                     logger.experiment.add_image(f"images/{name}", grid, step)
         self.last_logged_step = step

@@ -157,6 +157,15 @@ class GenerativeModel(L.LightningModule):
             terms = dict(zip(terms, stacked.unbind(0), strict=True))
         self.log_dict(terms, **kwargs)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("hyper_parameters", {}).get("image_shape")
+        if saved is not None and tuple(saved) != tuple(self.hparams.image_shape):
+            raise ImageShapeMismatchError(
+                f"the checkpoint was trained on images of shape (C, H, W) = {tuple(saved)} but "
+                f"this {type(self).__name__} is built for {tuple(self.hparams.image_shape)} "
+                "(from the data). Use the data the checkpoint was trained on."
+            )
+
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
         """``n`` images ``(n, C, H, W)`` in [-1, 1] (class-conditional where ``labels`` is given)."""

@@ -291,6 +291,7 @@ class GANBase(GenerativeModel):
         checkpoint["gan_steps"] = {"d_steps": self.d_steps, "g_steps": self.g_steps}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.init_ema()  # before load_state_dict, which then fills generator_ema.*
         steps = checkpoint.get("gan_steps", {})
         self.d_steps = int(steps.get("d_steps", 0))

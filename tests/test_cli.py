@@ -1,0 +1,182 @@
+"""The `lightning-gen` command: configs, runs, tracking, resuming and errors a user can cause."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from lightning_gen.cli import LightningGenCLI, main
+from lightning_gen.loggers import resolve_offline
+from tests.wandb_log import config_keys, history, wait_for_run_log
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
+FAST = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--data.num_workers", "0"]
+
+
+def only_run_dir() -> Path:
+    runs = sorted(Path("runs").glob("*/*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_every_experiment_yaml_parses_and_instantiates(config):
+    text = config.read_text()
+    assert text.startswith("#"), "each YAML names its paper in a top comment"
+    assert "seed_everything" in yaml.safe_load(text)
+    cli = LightningGenCLI(args=["--config", str(config)], run=False,
+                          save_config_callback=None)
+    assert tuple(cli.model.hparams.image_shape) == tuple(cli.datamodule.image_shape)
+    assert cli.trainer is not None
+
+
+@pytest.mark.parametrize("name", ["dcgan_mnist", "ae_mnist", "vae_mnist"])
+def test_mnist_experiments_fit_20_steps_on_mnist_files(name, mnist_dir):
+    main(["fit", "--config", str(ROOT / f"experiments/{name}.yaml"), "--data.data_dir",
+          str(mnist_dir), "--trainer.max_steps", "20", *FAST])
+    run = only_run_dir()
+    ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 20
+    assert (run / "config.yaml").exists() and list((run / "images").glob("*_last.png"))
+
+
+def test_empty_data_dir_exits_nonzero_with_one_clear_message(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cmd = [sys.executable, "-m", "lightning_gen.cli", "fit", "--config",
+           str(ROOT / "experiments/dcgan_mnist.yaml"), "--data.data_dir", str(empty),
+           "--trainer.max_steps", "20"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert str(empty) in result.stderr and "MNIST/raw/train-images-idx3-ubyte" in result.stderr
+    assert list(empty.iterdir()) == [] and not (tmp_path / "runs").exists()
+
+
+def test_unknown_config_key_is_named_in_the_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"),
+              "--model.init_args.no_such_option", "3"])
+    assert info.value.code != 0
+    assert "no_such_option" in capsys.readouterr().err
+
+
+def test_wrong_type_is_named_in_the_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"),
+              "--model.init_args.latent_dim", "many"])
+    assert info.value.code != 0
+    assert "latent_dim" in capsys.readouterr().err
+
+
+def test_bad_value_is_one_line_without_traceback(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"),
+              "--model.init_args.n_critic", "0"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "n_critic must be >= 1" in err and "Traceback" not in err
+
+
+def test_quickstart_writes_samples_checkpoint_and_wandb_run_and_says_where(capsys):
+    main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"),
+          "--trainer.max_steps", "6", *FAST])
+    out = capsys.readouterr().out
+    run = only_run_dir()
+    png = run / "images/samples_last.png"
+    assert f"Images (samples): {png}" in out
+    assert f"Checkpoint:  {run / 'checkpoints/last.ckpt'}" in out
+    assert "W&B offline run: " in out and "wandb sync" in out
+    grid = Image.open(png)
+    assert grid.size == (8 * 34 + 2, 8 * 34 + 2)  # 8x8 samples of 32 px, 2 px padding
+    assert (run / "checkpoints/last.ckpt").exists()
+
+
+def test_wandb_offline_run_holds_hyperparameters_metrics_and_images():
+    main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"),
+          "--trainer.max_steps", "10", "--trainer.log_every_n_steps", "1", *FAST])
+    run = only_run_dir()
+    log = wait_for_run_log(run / "wandb")
+    rows = history(log)
+    keys = {k for row in rows for k in row}
+    assert {"train/d_loss", "train/g_loss", "train/d_steps", "trainer/global_step"} <= keys
+    image_rows = [r for r in rows if r.get("images/samples/_type") == "images/separated"]
+    assert image_rows and image_rows[-1]["trainer/global_step"] == 10
+    assert list(Path(log).parent.glob("files/media/images/**/*.png"))
+    assert {"latent_dim", "lr_g", "n_critic", "batch_size"} <= config_keys(log)
+
+
+def test_saved_config_is_the_resolved_one():
+    main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"),
+          "--trainer.max_steps", "2", "--model.init_args.latent_dim", "7", *FAST])
+    config = yaml.safe_load((only_run_dir() / "config.yaml").read_text())
+    assert config["model"]["class_path"] == "lightning_gen.models.DCGAN"
+    assert config["model"]["init_args"]["latent_dim"] == 7
+    assert config["trainer"]["max_steps"] == 2 and config["seed_everything"] == 0
+    # Defaults the YAML did not spell out are resolved too.
+    assert config["model"]["init_args"]["optimizer"] == "adam"
+
+
+def test_csv_logger_is_selectable(capsys):
+    main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"), "--trainer.max_steps",
+          "2", "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+          "--trainer.logger.save_dir", "runs", "--trainer.log_every_n_steps", "1", *FAST])
+    (metrics,) = Path("runs").glob("**/metrics.csv")
+    assert "train/d_loss" in metrics.read_text().splitlines()[0]
+    assert (metrics.parent / "images/samples_last.png").exists()
+    assert (metrics.parent / "config.yaml").exists()
+
+
+def test_offline_unless_logged_in(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert resolve_offline(None) is True
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    assert resolve_offline(None) is False
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert resolve_offline(None) is True
+    assert resolve_offline(False) is False
+
+
+def test_ckpt_path_last_resumes_the_gan_run_in_its_folder():
+    args = ["fit", "--config", str(ROOT / "experiments/quickstart.yaml"), *FAST]
+    main([*args, "--trainer.max_steps", "4"])
+    run = only_run_dir()
+    first = torch.load(run / "checkpoints/last.ckpt", weights_only=False)
+    main([*args, "--trainer.max_steps", "8", "--ckpt_path", "last"])
+    assert only_run_dir() == run  # continued in the same folder
+    second = torch.load(run / "checkpoints/last.ckpt", weights_only=False)
+    assert second["global_step"] == 8
+    assert second["gan_steps"] == {"d_steps": 4, "g_steps": 4}
+    assert torch.equal(first["state_dict"]["fixed_noise"], second["state_dict"]["fixed_noise"])
+    # Adam's per-parameter step count continued from the restored state (2 -> 4), so both
+    # optimizers' states were restored rather than restarted.
+    for opt_state in second["optimizer_states"]:
+        assert {int(s["step"]) for s in opt_state["state"].values()} == {4}
+
+
+def test_ckpt_path_last_without_an_earlier_run_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"), "--ckpt_path", "last"])
+    assert "no earlier run of 'quickstart'" in capsys.readouterr().err
+
+
+def test_resuming_a_checkpoint_of_other_images_is_a_clear_error(mnist_dir, capsys):
+    main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"),
+          "--trainer.max_steps", "2", *FAST])  # digits at 32x32
+    ckpt = next(Path("runs").glob("*/*/checkpoints/last.ckpt"))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "experiments/dcgan_mnist.yaml"), "--data.data_dir",
+              str(mnist_dir), "--ckpt_path", str(ckpt), *FAST])  # MNIST at 28x28
+    err = capsys.readouterr().err
+    assert "(1, 32, 32)" in err and "(1, 28, 28)" in err and "Traceback" not in err
