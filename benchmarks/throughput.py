@@ -6,16 +6,21 @@ same precision are trained by
 
 * ``hand``: a plain PyTorch loop (``torch.autocast`` + one ``GradScaler`` for float16), written
   as a careful engineer would (the idle network's ``requires_grad`` switched off, no logging);
-* ``lightning``: ``Trainer.fit`` on the suite's LightningModule, with progress bar, logger,
-  checkpointing and model summary off (``--lightning bare``), or with Lightning's defaults
-  (TQDM bar refreshed every step, CSV logger; ``--lightning default``), or both.
+* ``lightning (bare)``: ``Trainer.fit`` on the suite's LightningModule with progress bar,
+  logger, checkpointing and model summary off; the model logs its terms every step;
+* ``lightning (lean)``: bare, and ``Performance(log_every_step=False)``: terms are logged only
+  at the steps Lightning writes logs (``log_every_n_steps``);
+* ``lightning (default)``: Lightning's defaults (TQDM bar refreshed every step, CSV logger).
 
-Both are timed the same way: ``--warmup`` steps excluded, CUDA synchronised before reading the
-clock, images/s = real images consumed (one batch per discriminator step for GANs) / seconds.
+All are timed the same way: ``--warmup`` steps excluded, CUDA synchronised before reading the
+clock, images/s = real images consumed (one batch per discriminator step for GANs) / seconds;
+images/CPU-s divides by the process's CPU time instead (robust on a machine shared with other
+jobs, meaningless on CUDA). With ``--repeats N`` the loops alternate N times and the best is kept.
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA and the process's peak resident set
 growth (``VmHWM`` after resetting it, Linux) on CPU, which includes allocator caching.
 
-    python benchmarks/throughput.py --device cpu                      # ~2-3 min on 2 cores
+    python benchmarks/throughput.py --device cpu                      # ~2-3 min, 1 thread
+    python benchmarks/throughput.py --device cuda --precision bf16-mixed
     python benchmarks/throughput.py --device cuda --precision 16-mixed --steps 200 --warmup 20
 """
 
@@ -41,6 +46,7 @@ import torch  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
 from lightning_gen import losses  # noqa: E402
+from lightning_gen.callbacks import Performance  # noqa: E402
 from lightning_gen.models import DCGAN, VAE, WGANGP, PixelCNN  # noqa: E402
 
 CIFAR = (3, 32, 32)
@@ -54,6 +60,8 @@ class Spec:
     build: Callable[[int], L.LightningModule]  # width -> module
     hand: Callable[[L.LightningModule, Amp], Callable[[torch.Tensor], None]]
     n_critic: int = 1  # batches per full iteration (warm-up and timed steps are multiples)
+    cpu_batch: int | None = None  # batch on CPU when --batch-size is not given
+    cpu_steps: int = 10  # timed steps on CPU when --steps is not given
 
 
 class Amp:
@@ -121,7 +129,7 @@ def wgan_gp_d_loss(D, real, fake, amp, gp_weight: float = 10.0):
     # PyTorch's AMP recipe for gradient penalties: scale the outputs, unscale the gradients.
     if amp.scaler is not None:
         (grads,) = torch.autograd.grad(amp.scaler.scale(out), x_hat, create_graph=True)
-        grads = grads.float() / amp.scaler.get_scale()
+        grads = grads.float() / amp.scaler._get_scale_async()  # device tensor: no host sync
     else:
         (grads,) = torch.autograd.grad(out, x_hat, create_graph=True)
         grads = grads.float()
@@ -177,7 +185,8 @@ SPECS: dict[str, Spec] = {
     "vae": Spec(seeded(lambda w: VAE(image_shape=CIFAR, latent_dim=128, width=w)), vae_hand_loop),
     # hidden must be a multiple of 2 * channels: 126 at width 64, 60 at width 32; 7 blocks.
     "pixelcnn": Spec(seeded(lambda w: PixelCNN(image_shape=CIFAR, hidden=6 * (2 * w // 6),
-                                               n_layers=7)), pixelcnn_hand_loop),
+                                               n_layers=7)), pixelcnn_hand_loop,
+                     cpu_batch=16, cpu_steps=3),  # 256-way logits per sub-pixel: slow on CPU
 }
 
 
@@ -277,10 +286,10 @@ def time_lightning(spec, args, batch, memory, variant: str, workdir: Path):
     module = spec.build(args.width)
     clock = _Clock(args.warmup, args.device)
     callbacks = [clock]
-    if args.channels_last:
-        from lightning_gen.callbacks import Performance
-        callbacks.append(Performance(channels_last=True))
-    bare = variant == "bare"
+    if args.channels_last or variant == "lean":
+        callbacks.append(Performance(channels_last=args.channels_last,
+                                     log_every_step=variant != "lean"))
+    bare = variant in ("bare", "lean")
     trainer = L.Trainer(
         accelerator=args.device, devices=1, precision=args.precision, max_epochs=1,
         logger=False if bare else CSVLogger(workdir), enable_progress_bar=not bare,
@@ -306,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
                         default="32-true")
     parser.add_argument("--models", default=",".join(SPECS),
                         help=f"comma-separated subset of {sorted(SPECS)}")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="default 128 (PixelCNN: 16 on CPU)")
     parser.add_argument("--width", type=int, default=None,
                         help="base channel width of every network (64 = the papers' CIFAR-10 "
                              "networks, the CUDA default; CPU default 16 to finish in minutes)")
@@ -314,19 +324,23 @@ def main(argv: list[str] | None = None) -> None:
                         help="measure each loop this many times, alternating, keep the best")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps (rounded up to whole n_critic iterations); "
-                             "default 3 on CPU, 100 on CUDA")
+                             "default 10 on CPU (PixelCNN 3), 100 on CUDA")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed steps first (default 1 iteration on CPU, 20 on CUDA)")
-    parser.add_argument("--lightning", choices=["bare", "default", "both"], default="both")
+    parser.add_argument("--lightning", choices=["bare", "lean", "default", "all"], default="all",
+                        help="bare: no progress bar/logger/checkpoints; lean: bare and "
+                             "Performance(log_every_step=False); default: Lightning's defaults")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default on CPU: 1; several threads on a shared "
+                             "machine measure the other processes more than the loops)")
     args = parser.parse_args(argv)
     if args.width is None:
         args.width = 64 if args.device == "cuda" else 16
     if args.precision == "16-mixed" and args.device == "cpu":
         parser.error("16-mixed needs CUDA (Lightning falls back to bf16-mixed on CPU)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or args.device == "cpu":
+        torch.set_num_threads(args.threads or 1)
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
     warnings.filterwarnings("ignore")
@@ -338,26 +352,29 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in SPECS]
     if unknown:
         parser.error(f"unknown or unavailable models {unknown}; available: {sorted(SPECS)}")
-    variants = ["bare", "default"] if args.lightning == "both" else [args.lightning]
+    variants = ["bare", "lean", "default"] if args.lightning == "all" else [args.lightning]
     device_name = (torch.cuda.get_device_name() if args.device == "cuda"
                    else f"CPU ({torch.get_num_threads()} threads)")
-    print(f"# device: {device_name}; precision {args.precision}; batch {args.batch_size}; "
-          f"width {args.width}; torch {torch.__version__}, lightning {L.__version__}")
-    header = ("| model | loop | steps | images/s | ratio vs hand | images/CPU-s | ratio (CPU time) "
-              "| peak memory (MiB) |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"# device: {device_name}; precision {args.precision}; width {args.width}; "
+          f"torch {torch.__version__}, lightning {L.__version__}")
+    header = ("| model | batch | loop | steps | images/s | ratio vs hand | images/CPU-s "
+              "| ratio (CPU time) | peak memory (MiB) |\n"
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print(header, flush=True)
     memory = PeakMemory(args.device)
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / "lightning-gen-throughput"
     for name in names:
         spec = SPECS[name]
         k = spec.n_critic
-        base_steps = args.steps or (3 if args.device == "cpu" else 100)
+        base_steps = args.steps or (spec.cpu_steps if args.device == "cpu" else 100)
         base_warmup = args.warmup if args.warmup is not None else (
             1 if args.device == "cpu" else 20)
         run = argparse.Namespace(**vars(args))
         run.steps = -(-base_steps // k) * k
         run.warmup = max(k, -(-base_warmup // k) * k) if base_warmup else 0
-        batch = make_batch(args.batch_size, args.device)
+        batch_size = args.batch_size or (
+            spec.cpu_batch if args.device == "cpu" and spec.cpu_batch else 128)
+        batch = make_batch(batch_size, args.device)
         best: dict[str, tuple[float, float, float]] = {}
         for _ in range(args.repeats):  # alternate the loops so drifting load hits all of them
             for loop in ["hand", *variants]:
@@ -370,7 +387,8 @@ def main(argv: list[str] | None = None) -> None:
         hand_ips, hand_cpu, _ = best["hand"]
         for loop, (ips, cpu, mem) in best.items():
             label = "hand" if loop == "hand" else f"lightning ({loop})"
-            print(f"| {name} | {label} | {run.steps} | {ips:.1f} | {ips / hand_ips:.2f} | "
+            print(f"| {name} | {batch_size} | {label} | {run.steps} | {ips:.1f} | "
+                  f"{ips / hand_ips:.2f} | "
                   f"{cpu:.1f} | {cpu / hand_cpu:.2f} | {mem:.0f} |", flush=True)
 
 

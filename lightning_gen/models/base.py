@@ -111,8 +111,8 @@ class GenerativeModel(L.LightningModule):
                 else "no checkpoint had been written")
         now = f" (detected at step {trainer.global_step})" if trainer is not None else ""
         raise NonFiniteLossError(
-            f"{name} became non-finite at optimizer step {first_step}{now}; training stopped "
-            f"and {kept}. Try a lower learning rate, gradient clipping, or "
+            f"{name} became non-finite at optimizer step {first_step}{now}; {kept}. Try a "
+            "lower learning rate, gradient clipping, or "
             "--trainer.precision 32-true / bf16-mixed."
         )
 

@@ -255,7 +255,7 @@ class GANBase(GenerativeModel):
         total = outputs.float().sum()
         if scaler is not None:
             (grads,) = torch.autograd.grad(scaler.scale(total), inputs, create_graph=True)
-            return grads.float() / scaler.get_scale()
+            return grads.float() / _scale_tensor(scaler)
         (grads,) = torch.autograd.grad(total, inputs, create_graph=True)
         return grads.float()
 
@@ -296,3 +296,10 @@ class GANBase(GenerativeModel):
         steps = checkpoint.get("gan_steps", {})
         self.d_steps = int(steps.get("d_steps", 0))
         self.g_steps = int(steps.get("g_steps", 0))
+
+
+def _scale_tensor(scaler) -> torch.Tensor | float:
+    """The GradScaler's current scale as a device tensor (no host sync, unlike ``get_scale``)."""
+    scale = getattr(scaler, "_get_scale_async", None)
+    scale = scale() if scale is not None else None
+    return scale if scale is not None else scaler.get_scale()
