@@ -216,6 +216,19 @@ def test_ema_is_used_for_samples_and_saved_in_checkpoints(tmp_path):
         assert torch.equal(v, ema[k])
 
 
+def test_checkpoint_with_ema_loads_into_a_model_built_without_it():
+    source = GANS["dcgan"](ema_decay=0.5)
+    with torch.no_grad():
+        for p in source.generator_ema.parameters():
+            p.add_(1.0)
+    target = GANS["dcgan"]()  # ema_decay 0: no average of its own
+    checkpoint = {"state_dict": source.state_dict()}
+    target.on_load_checkpoint(checkpoint)
+    target.load_state_dict(checkpoint["state_dict"])
+    for k, v in source.generator_ema.state_dict().items():
+        assert torch.equal(target.generator_ema.state_dict()[k], v)
+
+
 def test_ema_decay_out_of_range_is_a_clear_error():
     with pytest.raises(ValueError, match="ema_decay must be in"):
         GANS["dcgan"](ema_decay=1.0)

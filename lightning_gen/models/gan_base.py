@@ -293,6 +293,11 @@ class GANBase(GenerativeModel):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.init_ema()  # before load_state_dict, which then fills generator_ema.*
+        # A checkpoint holding an average loads even into a model built without ema_decay
+        # (e.g. a subclass that does not pass it through): sampling then uses the average.
+        if self.generator_ema is None and any(
+                k.startswith("generator_ema.") for k in checkpoint.get("state_dict", {})):
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
         steps = checkpoint.get("gan_steps", {})
         self.d_steps = int(steps.get("d_steps", 0))
         self.g_steps = int(steps.get("g_steps", 0))
