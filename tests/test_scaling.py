@@ -249,3 +249,28 @@ def test_compile_and_channels_last_keep_checkpoint_keys(tmp_path):
     state = torch.load(tmp_path / "c.ckpt", weights_only=False)["state_dict"]
     assert set(state) == keys  # no "_orig_mod." prefixes
     assert_finite(DCGAN.load_from_checkpoint(tmp_path / "c.ckpt", map_location="cpu"))
+
+
+class _Recorder(L.Callback):
+    def __init__(self) -> None:
+        self.values: list[float | None] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        value = trainer.callback_metrics.get("train/d_loss")
+        self.values.append(None if value is None else float(value))
+
+
+def test_log_every_step_false_logs_only_at_the_steps_lightning_writes():
+    """With log_every_n_steps=2 the terms are logged at batches 2, 4, 6 (1-based) only: absent
+    after batch 1, then each value held for two batches. Default: a new value every batch."""
+    sparse, dense = _Recorder(), _Recorder()
+    for recorder, every_step in ((sparse, False), (dense, True)):
+        L.seed_everything(0)
+        trainer = tiny_trainer(max_steps=12, log_every_n_steps=2,
+                               callbacks=[recorder, Performance(log_every_step=every_step)])
+        trainer.fit(GANS["dcgan"](), digits())
+    s = sparse.values
+    assert len(s) == 6 and s[0] is None
+    assert s[1] == s[2] and s[3] == s[4] and len({s[1], s[3], s[5]}) == 3
+    assert len(set(dense.values)) == 6
+    assert dense.values[1::2] == s[1::2]  # same training, same values where both logged
