@@ -113,6 +113,34 @@ def test_float16_gradscaler_path_with_gradient_penalty():
     assert_finite(model)
 
 
+class _NormRecordingAdam(torch.optim.Adam):
+    """Adam that records the gradient norm it steps with."""
+
+    def step(self, closure=None):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return super().step(closure)
+
+
+def test_grad_clip_acts_on_unscaled_gradients_under_float16():
+    """grad_clip bounds the norm of the gradients Adam steps with, not of the 2**16-scaled ones
+    (clipping those would shrink every update ~65536-fold)."""
+    clip = 1e-3
+    model = GANS["dcgan"](grad_clip=clip)
+    norms: list[float] = []
+
+    def make_optimizer(params, lr):
+        optimizer = _NormRecordingAdam(params, lr=lr)
+        optimizer.norms = norms
+        return optimizer
+
+    model._make_optimizer = make_optimizer
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    tiny_trainer(max_steps=6, plugins=[plugin]).fit(model, digits())
+    assert norms, "no optimizer step was taken"
+    assert all(0.5 * clip < n <= clip * (1 + 1e-3) for n in norms), norms
+
+
 def test_input_gradients_unscale_the_gradscaler():
     """For a linear critic D(x) = <w, x>, grad_x D = w: under float16 autocast with a scale of
     2**10 the penalty gradients must come back unscaled (tolerance: float16 rounding)."""

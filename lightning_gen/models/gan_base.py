@@ -221,7 +221,7 @@ class GANBase(GenerativeModel):
             }, prog_bar=True)
 
     def _optimizer_step(self, optimizer, closure) -> dict[str, torch.Tensor]:
-        """One update of ``optimizer``'s network: toggle, zero, backward, clip, step, untoggle.
+        """One update of ``optimizer``'s network: toggle, zero, backward, step, untoggle.
 
         ``toggle_optimizer`` switches off ``requires_grad`` of the other network, so its
         parameters collect no gradient here; it is always paired with ``untoggle_optimizer``.
@@ -231,13 +231,17 @@ class GANBase(GenerativeModel):
             terms = closure()
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(terms["loss"])
-            if self.hparams.grad_clip > 0:
-                self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip,
-                                    gradient_clip_algorithm="norm")
-            optimizer.step()
+            optimizer.step()  # clips in on_before_optimizer_step, after AMP unscaling
         finally:
             self.untoggle_optimizer(optimizer)
         return {k: v.detach() for k, v in terms.items()}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Lightning calls this inside opt.step(), after the GradScaler has unscaled the
+        # gradients (16-mixed): clipping before opt.step() would clip the *scaled* gradients.
+        if self.hparams.grad_clip > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip,
+                                gradient_clip_algorithm="norm")
 
     # ------------------------------------------------------------------------------------------
     # Gradient penalties under mixed precision
