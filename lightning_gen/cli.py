@@ -21,8 +21,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from datamodules.base import DatasetNotFoundError, ImageDataModule
 from lightning_gen.callbacks.images import ImageGridCallback
+from lightning_gen.callbacks.performance import Performance
 from lightning_gen.loggers import WandbLogger
-from lightning_gen.models.base import GenerativeModel
+from lightning_gen.models.base import GenerativeModel, NonFiniteLossError
 from lightning_gen.runs import atomic_write, run_dir
 
 DEBUG_ENV = "LIGHTNING_GEN_DEBUG"
@@ -51,6 +52,8 @@ class LightningGenCLI(LightningCLI):
         # Callbacks every run gets, configurable as --images.* and --checkpoint.*.
         parser.add_lightning_class_args(ImageGridCallback, "images")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # --performance.channels_last / --performance.compile (off by default).
+        parser.add_lightning_class_args(Performance, "performance")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
 
     def before_instantiate_classes(self) -> None:
@@ -138,6 +141,12 @@ def main(args: list[str] | None = None) -> None:
             traceback.print_exc()
         print(f"lightning-gen: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteLossError as err:
+        # Divergence is not a usage error: exit 1, one line, last good checkpoint named.
+        if os.environ.get(DEBUG_ENV):
+            traceback.print_exc()
+        print(f"lightning-gen: training stopped: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Callbacks: image grids and what the lectures show about latent-variable models."""
+"""Callbacks: image grids, what the lectures show about latent-variable models, speed options."""
 
 from lightning_gen.callbacks.images import ImageGridCallback, image_grid, log_grid, save_grid
 from lightning_gen.callbacks.latent import (
@@ -8,6 +8,7 @@ from lightning_gen.callbacks.latent import (
     LatentTraversalCallback,
     OutlierAUROCCallback,
 )
+from lightning_gen.callbacks.performance import Performance
 
 __all__ = [
     "CompletionCallback",
@@ -16,6 +17,7 @@ __all__ = [
     "LatentInterpolationCallback",
     "LatentTraversalCallback",
     "OutlierAUROCCallback",
+    "Performance",
     "image_grid",
     "log_grid",
     "save_grid",

@@ -47,7 +47,10 @@ class Autoencoder(GenerativeModel):
     def _step(self, batch, stage: str) -> torch.Tensor:
         x = batch[0]
         loss = F.mse_loss(self(x), x)
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=stage != "train")
+        if stage == "train":  # averaged over DDP ranks every step
+            self.log_terms({"train/loss": loss}, prog_bar=True)
+        else:
+            self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

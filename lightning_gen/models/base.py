@@ -5,20 +5,43 @@
 * ``sample(n)`` returns ``n`` images in [-1, 1]: the one interface the evaluation code, the image
   callbacks and ``lightning-gen sample`` use.
 * ``log_images(batch)`` returns named image batches for the grids the callbacks write.
+* Every loss that reaches ``backward`` is watched: a non-finite loss stops the run with
+  :class:`NonFiniteLossError` at the next logging step or checkpoint, and no checkpoint is
+  written from a state that saw it.
+* ``log_terms`` logs a dict of scalars, averaged across DDP ranks with one collective, at the
+  steps Lightning writes logs.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import torch
+
+# GenerativeModel overrides on_after_batch_transfer (channels_last batches) for every model; the
+# warning that a DataModule's own hook is then not used does not apply to ours.
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
 
 
 class ImageShapeMismatchError(ValueError):
     """The model was built for other images than the DataModule provides."""
 
 
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite; training stopped before the update it would have made."""
+
+
 class GenerativeModel(L.LightningModule):
     image_shape: tuple[int, int, int]
+    #: Set by :class:`~lightning_gen.callbacks.performance.Performance`: batches are converted
+    #: to ``torch.channels_last`` like the parameters.
+    channels_last: bool = False
+    #: Under float16 AMP, consecutive non-finite losses left to the GradScaler (each skips its
+    #: update and halves the scale) before the run is stopped as diverged.
+    max_skipped_amp_steps: int = 20
+    #: False: log training terms only at the steps Lightning writes logs (see should_log_step).
+    log_every_step: bool = True
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
@@ -30,6 +53,109 @@ class GenerativeModel(L.LightningModule):
                 f"{tuple(data_shape)}. Set the model's image_shape (or the data's image_size) "
                 "so they agree, or drop model.image_shape from the config to take the data's."
             )
+
+    # ------------------------------------------------------------------------------------------
+    # Scaling: channels_last batches, the non-finite-loss guard, metrics reduced across ranks
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.channels_last:
+            batch = _channels_last(batch)
+        return batch
+
+    # The guard records on the device and reads the record (one host sync) only when Lightning
+    # writes logs, before every checkpoint is written and at the end of training: a host sync
+    # per backward would stall the GPU queue. A checkpoint is never written from a state that
+    # saw a non-finite loss, so the last one on disk is the last good state.
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        # Runs for automatic optimisation and for every manual_backward alike.
+        name = getattr(self, "_current_loss_name", None) or "train/loss"
+        records = self.__dict__.setdefault("_non_finite", {})
+        bad = ~torch.isfinite(loss.detach()).all()
+        if name not in records:
+            zero = torch.zeros((), dtype=torch.long, device=bad.device)
+            records[name] = {"streak": zero, "max_streak": zero, "first_step": zero - 1}
+        rec = records[name]
+        step = self.trainer.global_step if self._trainer is not None else 0
+        rec["streak"] = (rec["streak"] + 1) * bad  # consecutive non-finite losses
+        rec["max_streak"] = torch.maximum(rec["max_streak"], rec["streak"])
+        first = bad & (rec["first_step"] < 0)
+        rec["first_step"] = torch.where(first, torch.full_like(rec["first_step"], step),
+                                        rec["first_step"])
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` if a loss was NaN/inf since training started.
+
+        Under float16 AMP an overflow is routine: the GradScaler skips that update and halves
+        its scale (a gradient penalty's scaled input gradients can overflow; PyTorch's AMP
+        recipe relies on this), so only more than ``max_skipped_amp_steps`` consecutive
+        non-finite losses count as divergence. Under DDP the record is reduced over ranks, so
+        all ranks stop together.
+        """
+        records = self.__dict__.get("_non_finite")
+        if not records:
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer else None
+        limit = self.max_skipped_amp_steps if scaler is not None else 0
+        stats = torch.stack([torch.stack([r["max_streak"], r["first_step"]])
+                             for r in records.values()])  # (losses, 2)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            stats = self.trainer.strategy.reduce(stats, reduce_op="max")
+        for name, (max_streak, first_step) in zip(records, stats.tolist(), strict=True):
+            if max_streak > limit:
+                self._raise_non_finite(name, int(first_step))
+
+    def _raise_non_finite(self, name: str, first_step: int) -> None:
+        trainer = self._trainer
+        ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") if (
+            trainer is not None and trainer.checkpoint_callback is not None) else ""
+        kept = (f"the last good checkpoint is {ckpt}" if ckpt
+                else "no checkpoint had been written")
+        now = f" (detected at step {trainer.global_step})" if trainer is not None else ""
+        raise NonFiniteLossError(
+            f"{name} became non-finite at optimizer step {first_step}{now}; {kept}. Try a "
+            "lower learning rate, gradient clipping, or "
+            "--trainer.precision 32-true / bf16-mixed."
+        )
+
+    def on_fit_start(self) -> None:
+        self.__dict__.pop("_non_finite", None)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self._logs_written_now():
+            self.check_finite()
+
+    def on_train_end(self) -> None:
+        self.check_finite()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite()  # raising here writes no file: the previous checkpoint stays
+
+    def _logs_written_now(self) -> bool:
+        """Whether Lightning writes logged training values at this step (every
+        ``log_every_n_steps``)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.training:
+            return True
+        connector = getattr(trainer, "_logger_connector", None)
+        return connector is None or bool(connector.should_update_logs or trainer.fast_dev_run)
+
+    def should_log_step(self) -> bool:
+        """Whether to log training terms at this step: always (Lightning's convention, so
+        ``trainer.callback_metrics`` and the progress bar are fresh every step), or with
+        ``log_every_step = False`` (``--performance.log_every_step false``) only at the steps
+        Lightning writes logs, since ``self.log`` costs ~0.1-0.3 ms of Python per value."""
+        return self.log_every_step or self._logs_written_now()
+
+    def log_terms(self, terms: dict[str, torch.Tensor], **kwargs) -> None:
+        """``self.log_dict(terms)`` with the values averaged over DDP ranks in one collective
+        (``sync_dist=True`` would all-reduce each value separately)."""
+        if not self.should_log_step():
+            return
+        terms = {k: v.detach().float() for k, v in terms.items()}
+        if terms and self._trainer is not None and self.trainer.world_size > 1:
+            stacked = self.trainer.strategy.reduce(torch.stack(list(terms.values())),
+                                                   reduce_op="mean")
+            terms = dict(zip(terms, stacked.unbind(0), strict=True))
+        self.log_dict(terms, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("hyper_parameters", {}).get("image_shape")
@@ -48,3 +174,11 @@ class GenerativeModel(L.LightningModule):
     def log_images(self, batch) -> dict[str, torch.Tensor]:
         """Named image batches in [-1, 1] for the grid callback."""
         return {}
+
+
+def _channels_last(batch):
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_channels_last(b) for b in batch)
+    if isinstance(batch, torch.Tensor) and batch.dim() == 4:
+        return batch.contiguous(memory_format=torch.channels_last)
+    return batch

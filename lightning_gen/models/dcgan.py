@@ -26,7 +26,7 @@ class DCGAN(GANBase):
         generator_loss_type: ``"non_saturating"`` (``-log D(G(z))``, the paper's practice) or
             ``"minimax"`` (``log(1 - D(G(z)))``, Goodfellow's Eq. 1).
         **kwargs: optimisation options of :class:`~lightning_gen.models.gan_base.GANBase`
-            (``n_critic``, ``lr_g``, ``lr_d``, ``betas``, ...).
+            (``n_critic``, ``lr_g``, ``lr_d``, ``betas``, ``ema_decay``, ...).
     """
 
     def __init__(
@@ -44,16 +44,18 @@ class DCGAN(GANBase):
         grad_clip: float = 0.0,
         num_fixed_samples: int = 64,
         sample_seed: int = 0,
+        ema_decay: float = 0.0,
     ) -> None:
         super().__init__(
             image_shape=image_shape, latent_dim=latent_dim, n_critic=n_critic, lr_g=lr_g,
             lr_d=lr_d, betas=betas, optimizer=optimizer, grad_clip=grad_clip,
-            num_fixed_samples=num_fixed_samples, sample_seed=sample_seed,
+            num_fixed_samples=num_fixed_samples, sample_seed=sample_seed, ema_decay=ema_decay,
         )
         self.save_hyperparameters()
         self.generator = ConvDecoder(image_shape, latent_dim, width=g_width, output="tanh")
         self.discriminator = ConvEncoder(image_shape, 1, width=d_width, norm="batch")
         dcgan_init_(self)
+        self.init_ema()
 
     def discriminator_loss(self, real, fake, labels):
         return {"loss": gan_discriminator_loss(self.discriminate(real), self.discriminate(fake))}

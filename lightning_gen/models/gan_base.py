@@ -12,10 +12,19 @@ network's updates explicitly, are logged, and are saved in checkpoints.
 
 Subclasses provide ``generator`` and ``discriminator`` modules and the two loss hooks; they may
 override ``generate``/``discriminate`` (conditioning) and ``sample_noise``.
+
+Scaling (README, "Scaling"): mixed precision goes through Lightning's precision plugin
+(``manual_backward`` scales, each ``opt.step()`` unscales, one GradScaler for both optimizers);
+gradient penalties use :meth:`GANBase.input_gradients`; with ``ema_decay > 0`` an exponential
+moving average of the generator (Karras et al. 2018; Yazici et al. 2019) is kept and used by
+``sample`` and ``log_images``.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -40,6 +49,10 @@ class GANBase(GenerativeModel):
             ``gradient_clip_val`` does not apply under manual optimisation.
         num_fixed_samples: Size of the fixed noise batch used for sample grids.
         sample_seed: Seed of the fixed noise batch.
+        ema_decay: Decay ``beta`` of the generator's exponential moving average
+            ``theta_ema <- beta * theta_ema + (1 - beta) * theta`` after every generator step
+            (0: off). When on, ``sample``, ``log_images`` and evaluation use the average; it is
+            saved in checkpoints as ``generator_ema.*``. Typical: 0.999 (0.9999 for long runs).
     """
 
     def __init__(
@@ -54,8 +67,11 @@ class GANBase(GenerativeModel):
         grad_clip: float = 0.0,
         num_fixed_samples: int = 64,
         sample_seed: int = 0,
+        ema_decay: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 turns the average off), got {ema_decay}")
         if n_critic < 1:
             raise ValueError(f"n_critic must be >= 1, got {n_critic}")
         if latent_dim < 1:
@@ -67,6 +83,8 @@ class GANBase(GenerativeModel):
             num_fixed_samples, latent_dim, generator=torch.Generator().manual_seed(sample_seed)
         )
         self.register_buffer("fixed_noise", noise)  # saved in checkpoints, moves with the model
+        self.ema_decay = ema_decay
+        self.generator_ema: nn.Module | None = None  # built by init_ema() once G exists
 
     # Subclasses set these two in __init__.
     generator: nn.Module
@@ -100,9 +118,46 @@ class GANBase(GenerativeModel):
         return None
 
     # ------------------------------------------------------------------------------------------
+    # Exponential moving average of the generator
+    def init_ema(self) -> None:
+        """Copy the generator as the average's start (``theta_ema_0 = theta_0``). Called from
+        ``setup`` if the subclass has not called it after building its generator; a checkpoint's
+        ``generator_ema.*`` then overwrites the copy when resuming."""
+        if self.ema_decay > 0 and self.generator_ema is None:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """``theta_ema <- beta * theta_ema + (1 - beta) * theta``; buffers (batch-norm running
+        statistics) are copied, as in StyleGAN's and BigGAN's averaged generators."""
+        if self.generator_ema is None:
+            return
+        ema_params = list(self.generator_ema.parameters())
+        params = [p.detach().to(e.dtype) for p, e in zip(self.generator.parameters(), ema_params,
+                                                         strict=True)]
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.ema_decay)
+        for b_ema, b in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
+            b_ema.copy_(b)
+
+    @contextmanager
+    def averaged_generator(self) -> Iterator[None]:
+        """Within the block, ``self.generator`` is the EMA copy (no-op when EMA is off), so
+        subclasses' ``generate`` overrides sample from the average unchanged."""
+        if self.generator_ema is None:
+            yield
+            return
+        live = self.generator
+        self.generator = self.generator_ema
+        try:
+            yield
+        finally:
+            self.generator = live
+
+    # ------------------------------------------------------------------------------------------
     # Lightning hooks
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        self.init_ema()
         # The whole LightningModule is one DDP unit, and a discriminator step leaves the
         # generator's parameters without gradients (and vice versa): plain DDP raises "parameters
         # that were not used in producing the loss" (Lightning #20328). We accept the cost of
@@ -111,6 +166,14 @@ class GANBase(GenerativeModel):
         strategy = self.trainer.strategy if self._trainer else None
         if isinstance(strategy, DDPStrategy):
             strategy._ddp_kwargs["find_unused_parameters"] = True
+
+    def on_train_start(self) -> None:
+        # seed_everything gives every DDP rank the same seed, so every rank would draw the same
+        # noise z: the fake half of the global batch would be one batch repeated. Offset the
+        # generator noise stream per rank (rank 0 keeps the seeded stream; parameters stay in
+        # sync through DDP's initial broadcast and gradient all-reduce).
+        if self.trainer.world_size > 1 and self.global_rank > 0:
+            torch.manual_seed((torch.initial_seed() + 7919 * self.global_rank) % 2**63)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -131,9 +194,9 @@ class GANBase(GenerativeModel):
         # Discriminator step: maximise its objective on real vs. (detached) fake samples.
         with torch.no_grad():
             fake = self.generate(self.sample_noise(real.shape[0]), labels)
+        self._current_loss_name = "train/d_loss"  # for the non-finite-loss message
         d_terms = self._optimizer_step(opt_d, lambda: self.discriminator_loss(real, fake, labels))
         self.d_steps += 1
-        self.log_dict({f"train/d_{k}": v for k, v in d_terms.items()}, prog_bar=True)
 
         # Generator step every n_critic discriminator steps.
         if self.d_steps % self.hparams.n_critic == 0:
@@ -141,16 +204,24 @@ class GANBase(GenerativeModel):
                 fake = self.generate(self.sample_noise(real.shape[0]), labels)
                 return self.generator_loss(fake, labels)
 
+            self._current_loss_name = "train/g_loss"
             g_terms = self._optimizer_step(opt_g, g_closure)
             self.g_steps += 1
-            self.log_dict({f"train/g_{k}": v for k, v in g_terms.items()}, prog_bar=True)
-        self.log_dict(
-            {"train/d_steps": float(self.d_steps), "train/g_steps": float(self.g_steps)},
-            on_step=True, on_epoch=False,
-        )
+            self.update_ema()
+            self._last_g_terms = {f"train/g_{k}": v for k, v in g_terms.items()}
+        # One log call (one collective under DDP) at the steps Lightning writes logs; the
+        # generator's terms are those of its latest step.
+        if self.should_log_step():
+            counters = torch.tensor([self.d_steps, self.g_steps], dtype=torch.float32,
+                                    device=self.device)
+            self.log_terms({
+                **{f"train/d_{k}": v for k, v in d_terms.items()},
+                **getattr(self, "_last_g_terms", {}),
+                "train/d_steps": counters[0], "train/g_steps": counters[1],
+            }, prog_bar=True)
 
     def _optimizer_step(self, optimizer, closure) -> dict[str, torch.Tensor]:
-        """One update of ``optimizer``'s network: toggle, zero, backward, clip, step, untoggle.
+        """One update of ``optimizer``'s network: toggle, zero, backward, step, untoggle.
 
         ``toggle_optimizer`` switches off ``requires_grad`` of the other network, so its
         parameters collect no gradient here; it is always paired with ``untoggle_optimizer``.
@@ -160,13 +231,17 @@ class GANBase(GenerativeModel):
             terms = closure()
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(terms["loss"])
-            if self.hparams.grad_clip > 0:
-                self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip,
-                                    gradient_clip_algorithm="norm")
-            optimizer.step()
+            optimizer.step()  # clips in on_before_optimizer_step, after AMP unscaling
         finally:
             self.untoggle_optimizer(optimizer)
         return {k: v.detach() for k, v in terms.items()}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Lightning calls this inside opt.step(), after the GradScaler has unscaled the
+        # gradients (16-mixed): clipping before opt.step() would clip the *scaled* gradients.
+        if self.hparams.grad_clip > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip,
+                                gradient_clip_algorithm="norm")
 
     # ------------------------------------------------------------------------------------------
     # Gradient penalties under mixed precision
@@ -184,7 +259,7 @@ class GANBase(GenerativeModel):
         total = outputs.float().sum()
         if scaler is not None:
             (grads,) = torch.autograd.grad(scaler.scale(total), inputs, create_graph=True)
-            return grads.float() / scaler.get_scale()
+            return grads.float() / _scale_tensor(scaler)
         (grads,) = torch.autograd.grad(total, inputs, create_graph=True)
         return grads.float()
 
@@ -192,31 +267,48 @@ class GANBase(GenerativeModel):
     # Sampling and checkpoints
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
-        was_training = self.generator.training
-        self.generator.eval()
-        try:
-            return self.generate(self.sample_noise(n), labels).clamp(-1, 1)
-        finally:
-            self.generator.train(was_training)
+        # float32 whatever the training precision: metrics (FID/IS) read these images.
+        with self.averaged_generator():
+            was_training = self.generator.training
+            self.generator.eval()
+            try:
+                return self.generate(self.sample_noise(n), labels).float().clamp(-1, 1)
+            finally:
+                self.generator.train(was_training)
 
     def fixed_labels(self) -> torch.Tensor | None:
         return None
 
     @torch.no_grad()
     def log_images(self, batch=None) -> dict[str, torch.Tensor]:
-        was_training = self.generator.training
-        self.generator.eval()
-        try:
-            images = self.generate(self.fixed_noise, self.fixed_labels()).clamp(-1, 1)
-        finally:
-            self.generator.train(was_training)
+        with self.averaged_generator():
+            was_training = self.generator.training
+            self.generator.eval()
+            try:
+                images = self.generate(self.fixed_noise, self.fixed_labels()).float().clamp(-1, 1)
+            finally:
+                self.generator.train(was_training)
         return {"samples": images}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)  # the non-finite-loss check
         checkpoint["gan_steps"] = {"d_steps": self.d_steps, "g_steps": self.g_steps}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
+        self.init_ema()  # before load_state_dict, which then fills generator_ema.*
+        # A checkpoint holding an average loads even into a model built without ema_decay
+        # (e.g. a subclass that does not pass it through): sampling then uses the average.
+        if self.generator_ema is None and any(
+                k.startswith("generator_ema.") for k in checkpoint.get("state_dict", {})):
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
         steps = checkpoint.get("gan_steps", {})
         self.d_steps = int(steps.get("d_steps", 0))
         self.g_steps = int(steps.get("g_steps", 0))
+
+
+def _scale_tensor(scaler) -> torch.Tensor | float:
+    """The GradScaler's current scale as a device tensor (no host sync, unlike ``get_scale``)."""
+    scale = getattr(scaler, "_get_scale_async", None)
+    scale = scale() if scale is not None else None
+    return scale if scale is not None else scaler.get_scale()

@@ -80,10 +80,12 @@ class PixelCNN(ConditionalMixin, GenerativeModel):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         nats = self.nll(x, self.conditioning(batch)).mean()
         bits_per_dim = nats / (x[0].numel() * math.log(2))
-        sync = stage != "train"
-        self.log(f"{stage}/nll_bits_per_dim", bits_per_dim, prog_bar=True, sync_dist=sync)
-        self.log(f"{stage}/nll_nats_per_image", nats, sync_dist=sync)
-        self.log(f"{stage}/loss", bits_per_dim, sync_dist=sync)
+        terms = {f"{stage}/nll_bits_per_dim": bits_per_dim,
+                 f"{stage}/nll_nats_per_image": nats, f"{stage}/loss": bits_per_dim}
+        if stage == "train":  # averaged over DDP ranks, one collective per step
+            self.log_terms(terms, prog_bar=True)
+        else:
+            self.log_dict(terms, prog_bar=True, sync_dist=True)
         return bits_per_dim  # the loss: same optimum as nats, a scale independent of image size
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

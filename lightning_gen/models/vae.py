@@ -117,11 +117,13 @@ class VAE(GenerativeModel):
         out = self(batch[0], self.conditioning(batch))
         recon, kl = -out["log_px"].mean(), out["kl"].mean()
         loss = recon + self.hparams.beta * kl
-        sync = stage != "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=sync)
-        self.log(f"{stage}/elbo", -(recon + kl), prog_bar=stage != "train", sync_dist=sync)
-        self.log(f"{stage}/reconstruction_nll", recon, sync_dist=sync)
-        self.log(f"{stage}/kl", kl, sync_dist=sync)
+        # Averaged over DDP ranks (one collective per step; val/test are reduced at epoch end).
+        terms = {"loss": loss, "elbo": -(recon + kl), "reconstruction_nll": recon, "kl": kl}
+        terms = {f"{stage}/{k}": v for k, v in terms.items()}
+        if stage == "train":
+            self.log_terms(terms, prog_bar=True)
+        else:
+            self.log_dict(terms, prog_bar=True, sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -160,7 +162,7 @@ class VAE(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
         z = torch.randn(n, self.hparams.latent_dim, device=self.device)
-        return self.to_image(self.decode(z, labels))
+        return self.to_image(self.decode(z, labels).float())  # float32 for metrics under AMP
 
     @torch.no_grad()
     def log_images(self, batch) -> dict[str, torch.Tensor]:

@@ -56,11 +56,12 @@ class WGANGP(GANBase):
         grad_clip: float = 0.0,
         num_fixed_samples: int = 64,
         sample_seed: int = 0,
+        ema_decay: float = 0.0,
     ) -> None:
         super().__init__(
             image_shape=image_shape, latent_dim=latent_dim, n_critic=n_critic, lr_g=lr_g,
             lr_d=lr_d, betas=betas, optimizer=optimizer, grad_clip=grad_clip,
-            num_fixed_samples=num_fixed_samples, sample_seed=sample_seed,
+            num_fixed_samples=num_fixed_samples, sample_seed=sample_seed, ema_decay=ema_decay,
         )
         if gp_weight < 0:
             raise ValueError(f"gp_weight must be >= 0, got {gp_weight}")
@@ -71,6 +72,7 @@ class WGANGP(GANBase):
         else:
             self.generator = ConvDecoder(image_shape, latent_dim, width=g_width, output="tanh")
             self.discriminator = ConvEncoder(image_shape, 1, width=d_width, norm=critic_norm)
+        self.init_ema()
 
     def penalty(self, real: torch.Tensor, fake: torch.Tensor, labels=None) -> torch.Tensor:
         """``E[(||grad_x D(x_hat)||_2 - 1)^2]`` at ``x_hat`` uniformly between real and fake."""

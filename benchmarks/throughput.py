@@ -1,0 +1,396 @@
+"""Training throughput of the suite's LightningModules against minimal hand-written PyTorch loops.
+
+For each model the same networks (same constructor, same seed, so the same initial weights),
+the same batch (one fixed batch already on the device), the same optimizers and losses and the
+same precision are trained by
+
+* ``hand``: a plain PyTorch loop (``torch.autocast`` + one ``GradScaler`` for float16), written
+  as a careful engineer would (the idle network's ``requires_grad`` switched off, no logging);
+* ``lightning (bare)``: ``Trainer.fit`` on the suite's LightningModule with progress bar,
+  logger, checkpointing and model summary off; the model logs its terms every step;
+* ``lightning (lean)``: bare, and ``Performance(log_every_step=False)``: terms are logged only
+  at the steps Lightning writes logs (``log_every_n_steps``);
+* ``lightning (default)``: Lightning's defaults (TQDM bar refreshed every step, CSV logger).
+
+All are timed the same way: ``--warmup`` steps excluded, CUDA synchronised before reading the
+clock, images/s = real images consumed (one batch per discriminator step for GANs) / seconds;
+images/CPU-s divides by the process's CPU time instead (robust on a machine shared with other
+jobs, meaningless on CUDA). With ``--repeats N`` the loops alternate N times and the best is kept.
+Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA and the process's peak resident set
+growth (``VmHWM`` after resetting it, Linux) on CPU, which includes allocator caching.
+
+    python benchmarks/throughput.py --device cpu                      # ~2-3 min, 1 thread
+    python benchmarks/throughput.py --device cuda --precision bf16-mixed
+    python benchmarks/throughput.py --device cuda --precision 16-mixed --steps 200 --warmup 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+
+from lightning_gen import losses  # noqa: E402
+from lightning_gen.callbacks import Performance  # noqa: E402
+from lightning_gen.models import DCGAN, VAE, WGANGP, PixelCNN  # noqa: E402
+
+CIFAR = (3, 32, 32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models: one entry each. ``build`` makes the LightningModule (seeded, so two calls give equal
+# weights); ``hand`` returns a function doing one training step on a batch with plain PyTorch.
+@dataclass
+class Spec:
+    build: Callable[[int], L.LightningModule]  # width -> module
+    hand: Callable[[L.LightningModule, Amp], Callable[[torch.Tensor], None]]
+    n_critic: int = 1  # batches per full iteration (warm-up and timed steps are multiples)
+    cpu_batch: int | None = None  # batch on CPU when --batch-size is not given
+    cpu_steps: int = 10  # timed steps on CPU when --steps is not given
+
+
+class Amp:
+    """``torch.autocast`` and one ``GradScaler`` shared by all optimizers, like Lightning's."""
+
+    def __init__(self, device: str, precision: str) -> None:
+        self.device = device
+        self.dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
+        enabled = precision == "16-mixed"
+        self.scaler = torch.amp.GradScaler(device, enabled=enabled) if enabled else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device, dtype=self.dtype)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+
+def gan_hand_loop(d_loss_fn, g_loss_fn) -> Callable:
+    def make(module, amp: Amp):
+        G, D, hp = module.generator, module.discriminator, module.hparams
+        opt_g = torch.optim.Adam(G.parameters(), lr=hp.lr_g, betas=tuple(hp.betas))
+        opt_d = torch.optim.Adam(D.parameters(), lr=hp.lr_d, betas=tuple(hp.betas))
+        state = {"d_steps": 0}
+
+        def step(real: torch.Tensor) -> None:
+            z = torch.randn(real.shape[0], hp.latent_dim, device=real.device)
+            with torch.no_grad(), amp.autocast():
+                fake = G(z)
+            G.requires_grad_(False)
+            with amp.autocast():
+                d_loss = d_loss_fn(D, real, fake, amp)
+            amp.step(d_loss, opt_d)
+            G.requires_grad_(True)
+            state["d_steps"] += 1
+            if state["d_steps"] % hp.n_critic == 0:
+                D.requires_grad_(False)
+                z = torch.randn(real.shape[0], hp.latent_dim, device=real.device)
+                with amp.autocast():
+                    g_loss = g_loss_fn(D(G(z)))
+                amp.step(g_loss, opt_g)
+                D.requires_grad_(True)
+
+        return step
+    return make
+
+
+def dcgan_d_loss(D, real, fake, amp):
+    return losses.gan_discriminator_loss(D(real), D(fake))
+
+
+def wgan_gp_d_loss(D, real, fake, amp, gp_weight: float = 10.0):
+    alpha = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
+    x_hat = losses.interpolate(real, fake.to(real.dtype), alpha).requires_grad_(True)
+    out = D(x_hat).float().sum()
+    # PyTorch's AMP recipe for gradient penalties: scale the outputs, unscale the gradients.
+    if amp.scaler is not None:
+        (grads,) = torch.autograd.grad(amp.scaler.scale(out), x_hat, create_graph=True)
+        grads = grads.float() / amp.scaler._get_scale_async()  # device tensor: no host sync
+    else:
+        (grads,) = torch.autograd.grad(out, x_hat, create_graph=True)
+        grads = grads.float()
+    return (losses.wasserstein_critic_loss(D(real), D(fake))
+            + gp_weight * losses.gradient_penalty(grads))
+
+
+def vae_hand_loop(module, amp: Amp):
+    enc, dec, hp = module.encoder, module.decoder, module.hparams
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=hp.lr)
+
+    def step(x: torch.Tensor) -> None:
+        with amp.autocast():
+            mu, logvar = enc(x).chunk(2, dim=1)
+            logvar = logvar.clamp(-30.0, 20.0)
+            decoded = dec(losses.reparameterize(mu, logvar))
+            recon = -losses.bernoulli_log_likelihood(decoded, (x + 1) / 2).mean()
+            loss = recon + hp.beta * losses.gaussian_kl(mu, logvar).mean()
+        amp.step(loss, opt)
+
+    return step
+
+
+def pixelcnn_hand_loop(module, amp: Amp):
+    net, hp = module.net, module.hparams
+    opt = torch.optim.Adam(net.parameters(), lr=hp.lr)
+    dims_ln2 = math.prod(hp.image_shape) * math.log(2)
+
+    def step(x: torch.Tensor) -> None:
+        levels = losses.discretize(x, hp.num_levels)
+        inputs = levels.float() / (hp.num_levels - 1) * 2 - 1
+        with amp.autocast():
+            loss = losses.categorical_nll(net(inputs), levels).mean() / dims_ln2  # bits/dim
+        amp.step(loss, opt)
+
+    return step
+
+
+def seeded(fn: Callable[[int], L.LightningModule]) -> Callable[[int], L.LightningModule]:
+    def build(width: int):
+        torch.manual_seed(0)
+        return fn(width)
+    return build
+
+
+SPECS: dict[str, Spec] = {
+    "dcgan": Spec(seeded(lambda w: DCGAN(image_shape=CIFAR, latent_dim=100, g_width=w, d_width=w)),
+                  gan_hand_loop(dcgan_d_loss, losses.gan_generator_loss_nonsaturating)),
+    "wgan_gp": Spec(seeded(lambda w: WGANGP(image_shape=CIFAR, latent_dim=128, g_width=w,
+                                            d_width=w, n_critic=5)),
+                    gan_hand_loop(wgan_gp_d_loss, losses.wasserstein_generator_loss),
+                    n_critic=5),
+    "vae": Spec(seeded(lambda w: VAE(image_shape=CIFAR, latent_dim=128, width=w)), vae_hand_loop),
+    # hidden must be a multiple of 2 * channels: 126 at width 64, 60 at width 32; 7 blocks.
+    "pixelcnn": Spec(seeded(lambda w: PixelCNN(image_shape=CIFAR, hidden=6 * (2 * w // 6),
+                                               n_layers=7)), pixelcnn_hand_loop,
+                     cpu_batch=16, cpu_steps=3),  # 256-way logits per sub-pixel: slow on CPU
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurement
+class PeakMemory:
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        gc.collect()
+        with contextlib.suppress(OSError, AttributeError):  # give freed heap back to the OS
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            with contextlib.suppress(OSError):  # resets VmHWM to the current RSS (Linux)
+                Path("/proc/self/clear_refs").write_text("5")
+            self.base = _status_kib("VmRSS")
+
+    def peak_mib(self) -> float:
+        if self.device == "cuda":
+            return torch.cuda.max_memory_allocated() / 2**20
+        return max(0, _status_kib("VmHWM") - self.base) / 2**10
+
+
+def _status_kib(field: str) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_batch(batch_size: int, device: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    levels = torch.randint(0, 256, (batch_size, *CIFAR), generator=g)
+    x = levels.float() / 127.5 - 1  # 256 levels in [-1, 1] suit both kinds of model
+    return x.to(device)
+
+
+def time_hand(spec, args, batch, memory) -> tuple[float, float]:
+    module = spec.build(args.width).to(args.device)
+    if args.channels_last:
+        module.to(memory_format=torch.channels_last)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    module.train()
+    step = spec.hand(module, Amp(args.device, args.precision))
+    memory.reset()
+    for _ in range(args.warmup):
+        step(batch)
+    sync(args.device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(args.steps):
+        step(batch)
+    sync(args.device)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    images = args.steps * batch.shape[0]
+    return images / seconds, images / cpu_seconds, memory.peak_mib()
+
+
+class _Clock(L.Callback):
+    def __init__(self, warmup: int, device: str) -> None:
+        self.warmup, self.device = warmup, device
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            sync(self.device)
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        sync(self.device)
+        self.end, self.cpu_end = time.perf_counter(), time.process_time()
+
+
+class _Repeat:
+    """The same batch ``n`` times (a plain list would be read as a list of loaders)."""
+
+    def __init__(self, batch, n: int) -> None:
+        self.batch, self.n = batch, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter([self.batch] * self.n)
+
+
+def time_lightning(spec, args, batch, memory, variant: str, workdir: Path):
+    module = spec.build(args.width)
+    clock = _Clock(args.warmup, args.device)
+    callbacks = [clock]
+    if args.channels_last or variant == "lean":
+        callbacks.append(Performance(channels_last=args.channels_last,
+                                     log_every_step=variant != "lean"))
+    bare = variant in ("bare", "lean")
+    trainer = L.Trainer(
+        accelerator=args.device, devices=1, precision=args.precision, max_epochs=1,
+        logger=False if bare else CSVLogger(workdir), enable_progress_bar=not bare,
+        enable_checkpointing=False, enable_model_summary=not bare, callbacks=callbacks,
+        default_root_dir=workdir, num_sanity_val_steps=0,
+    )
+    labels = torch.zeros(batch.shape[0], dtype=torch.long, device=batch.device)
+    loader = _Repeat((batch, labels), args.warmup + args.steps)  # already on the device
+    memory.reset()
+    # Lightning's TQDM bar writes to stdout: send it to stderr to keep the table clean.
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.fit(module, train_dataloaders=loader)
+    images = args.steps * batch.shape[0]
+    return (images / (clock.end - clock.start), images / (clock.cpu_end - clock.cpu_start),
+            memory.peak_mib())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if
+                        torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=["32-true", "16-mixed", "bf16-mixed"],
+                        default="32-true")
+    parser.add_argument("--models", default=",".join(SPECS),
+                        help=f"comma-separated subset of {sorted(SPECS)}")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="default 128 (PixelCNN: 16 on CPU)")
+    parser.add_argument("--width", type=int, default=None,
+                        help="base channel width of every network (64 = the papers' CIFAR-10 "
+                             "networks, the CUDA default; CPU default 16 to finish in minutes)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measure each loop this many times, alternating, keep the best")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps (rounded up to whole n_critic iterations); "
+                             "default 10 on CPU (PixelCNN 3), 100 on CUDA")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed steps first (default 1 iteration on CPU, 20 on CUDA)")
+    parser.add_argument("--lightning", choices=["bare", "lean", "default", "all"], default="all",
+                        help="bare: no progress bar/logger/checkpoints; lean: bare and "
+                             "Performance(log_every_step=False); default: Lightning's defaults")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default on CPU: 1; several threads on a shared "
+                             "machine measure the other processes more than the loops)")
+    args = parser.parse_args(argv)
+    if args.width is None:
+        args.width = 64 if args.device == "cuda" else 16
+    if args.precision == "16-mixed" and args.device == "cpu":
+        parser.error("16-mixed needs CUDA (Lightning falls back to bf16-mixed on CPU)")
+    if args.threads or args.device == "cpu":
+        torch.set_num_threads(args.threads or 1)
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("PL_DISABLE_FORK", "1")
+    import logging
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SPECS]
+    if unknown:
+        parser.error(f"unknown or unavailable models {unknown}; available: {sorted(SPECS)}")
+    variants = ["bare", "lean", "default"] if args.lightning == "all" else [args.lightning]
+    device_name = (torch.cuda.get_device_name() if args.device == "cuda"
+                   else f"CPU ({torch.get_num_threads()} threads)")
+    print(f"# device: {device_name}; precision {args.precision}; width {args.width}; "
+          f"torch {torch.__version__}, lightning {L.__version__}")
+    header = ("| model | batch | loop | steps | images/s | ratio vs hand | images/CPU-s "
+              "| ratio (CPU time) | peak memory (MiB) |\n"
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(header, flush=True)
+    memory = PeakMemory(args.device)
+    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / "lightning-gen-throughput"
+    for name in names:
+        spec = SPECS[name]
+        k = spec.n_critic
+        base_steps = args.steps or (spec.cpu_steps if args.device == "cpu" else 100)
+        base_warmup = args.warmup if args.warmup is not None else (
+            1 if args.device == "cpu" else 20)
+        run = argparse.Namespace(**vars(args))
+        run.steps = -(-base_steps // k) * k
+        run.warmup = max(k, -(-base_warmup // k) * k) if base_warmup else 0
+        batch_size = args.batch_size or (
+            spec.cpu_batch if args.device == "cpu" and spec.cpu_batch else 128)
+        batch = make_batch(batch_size, args.device)
+        best: dict[str, tuple[float, float, float]] = {}
+        for _ in range(args.repeats):  # alternate the loops so drifting load hits all of them
+            for loop in ["hand", *variants]:
+                if loop == "hand":
+                    result = time_hand(spec, run, batch, memory)
+                else:
+                    result = time_lightning(spec, run, batch, memory, loop, workdir)
+                if loop not in best or result[0] > best[loop][0]:
+                    best[loop] = result
+        hand_ips, hand_cpu, _ = best["hand"]
+        for loop, (ips, cpu, mem) in best.items():
+            label = "hand" if loop == "hand" else f"lightning ({loop})"
+            print(f"| {name} | {batch_size} | {label} | {run.steps} | {ips:.1f} | "
+                  f"{ips / hand_ips:.2f} | "
+                  f"{cpu:.1f} | {cpu / hand_cpu:.2f} | {mem:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""A 2-process CPU DDP fit of a tiny GAN, run by tests/test_scaling.py as a subprocess.
+
+    python -m tests.ddp_fit --model dcgan --out DIR [--steps 6]
+
+Lightning's ``ddp`` strategy on CPU re-runs this module once per extra rank (gloo backend).
+Each rank writes ``DIR/rank<R>.pt`` with its generator's (or model's) state before and after fitting, its
+step counters and a digest of the first batch it saw, for the test to compare across ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from datamodules import DigitsDataModule
+from lightning_gen.models import DCGAN, VAE, WGANGP, PixelCNN
+
+TINY = {"image_shape": (1, 16, 16), "latent_dim": 8, "g_width": 8, "d_width": 8}
+MODELS = {
+    "dcgan": lambda: DCGAN(**TINY),
+    "wgan_gp": lambda: WGANGP(**TINY, n_critic=2),
+    "vae": lambda: VAE(image_shape=(1, 16, 16), latent_dim=4, width=8),
+    "pixelcnn": lambda: PixelCNN(image_shape=(1, 16, 16), hidden=8, n_layers=2,
+                                 num_fixed_samples=0),
+}
+
+
+class FirstBatch(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self.digest = float(batch[0].double().sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=sorted(MODELS), required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=6)
+    args = parser.parse_args()
+
+    L.seed_everything(0)
+    model = MODELS[args.model]()
+    net = getattr(model, "generator", model)  # the generator, or the whole model
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    first = FirstBatch()
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", max_steps=args.steps,
+        logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[first],
+    )
+    trainer.fit(model, DigitsDataModule(image_size=16, batch_size=8, val_fraction=0.0))
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.save({
+        "initial": initial,
+        "final": net.state_dict(),
+        "d_steps": getattr(model, "d_steps", None), "g_steps": getattr(model, "g_steps", None),
+        "first_batch": first.digest, "world_size": trainer.world_size,
+        "logged": {k: float(v) for k, v in trainer.callback_metrics.items()},
+    }, args.out / f"rank{trainer.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    main()
