@@ -86,7 +86,13 @@ def default_logger() -> dict:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lightning-gen`` console script."""
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv[:1] and argv[0] in ("evaluate", "sample"):
+            # Evaluation commands (lightning_gen.evaluate), not LightningCLI subcommands.
+            from lightning_gen.evaluate import main as evaluate_main
+
+            return evaluate_main(argv)
         LightningGenCLI(
             model_class=GenerativeModel,
             datamodule_class=ImageDataModule,
