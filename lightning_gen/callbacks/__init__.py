@@ -1,5 +1,6 @@
-"""Callbacks: image grids (and, later, evaluation metrics)."""
+"""Callbacks: image grids and evaluation metrics (FID / IS / KID / precision-recall)."""
 
 from lightning_gen.callbacks.images import ImageGridCallback, image_grid, save_grid
+from lightning_gen.callbacks.metrics import GenerativeMetricsCallback
 
-__all__ = ["ImageGridCallback", "image_grid", "save_grid"]
+__all__ = ["GenerativeMetricsCallback", "ImageGridCallback", "image_grid", "save_grid"]
