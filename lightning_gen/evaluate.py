@@ -6,7 +6,7 @@
     lightning-gen sample --ckpt_path CKPT --num_samples 50000 --out samples/ --npz true
 
 The model is rebuilt from the checkpoint (its hyperparameters and class are stored in it); the
-data from ``--config`` if given, else the run's ``config.yaml`` beside ``checkpoints/``, else the
+data from ``--run_config`` if given, else the run's ``config.yaml`` beside ``checkpoints/``, else the
 DataModule hyperparameters in the checkpoint. Sample ``i`` comes from batch ``i // batch_size``
 generated with seed ``seed + batch``, so ``evaluate`` and ``sample`` with the same seed and batch
 size see the same images, on one device or many (``--devices N`` launches N DDP processes).
@@ -90,7 +90,7 @@ def load_run(ckpt_path: str, config: str | None = None, data_dir: str | None = N
         dm_hp = ckpt["datamodule_hyper_parameters"]
         data_cls, data_kwargs = dm_hp["_class_path"], _public(dm_hp)
     else:
-        raise ValueError(f"no data configuration for {path}: pass --config with a data section")
+        raise ValueError(f"no data configuration for {path}: pass --run_config with a data section")
     if data_dir is not None:
         data_kwargs["data_dir"] = data_dir
     datamodule = _import(data_cls)(**data_kwargs)
@@ -108,7 +108,7 @@ def load_run(ckpt_path: str, config: str | None = None, data_dir: str | None = N
     elif hparams.get("_class_path"):
         model_cls, model_kwargs = hparams["_class_path"], _public(hparams)
     else:
-        raise ValueError(f"{path} does not record its model class; pass --config")
+        raise ValueError(f"{path} does not record its model class; pass --run_config")
     try:
         model = _import(model_cls)(**_tuples(model_kwargs))
     except TypeError as err:
@@ -173,7 +173,7 @@ def _fabric(accelerator: str, devices: int) -> L.Fabric:
 
 def evaluate(
     ckpt_path: str,
-    config: str | None = None,
+    run_config: str | None = None,
     num_samples: int = 50_000,
     reference: str = "train",
     feature_extractor: str = "inception",
@@ -195,8 +195,10 @@ def evaluate(
 
     Args:
         ckpt_path: Checkpoint written by ``lightning-gen fit``.
-        config: A config whose ``data`` (and ``model``) sections to use; default: the run's
-            ``config.yaml`` for the data, the checkpoint's hyperparameters for the model.
+        run_config: A run config (or experiment YAML) whose ``data`` and ``model`` sections to
+            use; the checkpoint must match its model. Default: the run's ``config.yaml`` for the
+            data, the checkpoint's hyperparameters for the model. (``--config`` is jsonargparse's
+            file of options for this command.)
         num_samples: Generated samples (50,000 in the papers).
         reference: Real split to compare with (``train`` or ``test``; ``val`` for CelebA).
         feature_extractor: ``inception`` (torch-fidelity's Inception-v3) or
@@ -220,7 +222,7 @@ def evaluate(
         raise ValueError(f"num_samples must be at least 2, got {num_samples}")
     fabric = _fabric(accelerator, devices)
     started = time.perf_counter()
-    model, datamodule = load_run(ckpt_path, config, data_dir)
+    model, datamodule = load_run(ckpt_path, run_config, data_dir)
     extractor = build_extractor(feature_extractor, weights_path)
     evaluator = GenerativeEvaluator(extractor, batch_size=batch_size, cache_dir=cache_dir,
                                     isc_splits=isc_splits, kid_subsets=kid_subsets,
@@ -280,7 +282,7 @@ def sample(
     seed: int = 0,
     class_label: int | None = None,
     npz: bool = False,
-    config: str | None = None,
+    run_config: str | None = None,
     accelerator: str = "auto",
     progress: bool = True,
 ) -> Path:
@@ -296,14 +298,14 @@ def sample(
         class_label: For class-conditional models: draw only this class (default: classes in
             turn, ``i % num_classes``, listed in ``labels.txt``).
         npz: Also write ``samples.npz`` with ``arr_0`` (N, H, W, C) uint8 (and ``labels``).
-        config: Config whose ``model`` section to build the model from (see ``evaluate``).
+        run_config: Config whose ``model`` section to build the model from (see ``evaluate``).
         accelerator: ``auto``, ``cpu``, ``gpu``, ...
         progress: Show a progress bar.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
     fabric = _fabric(accelerator, 1)
-    model, _ = load_run(ckpt_path, config)
+    model, _ = load_run(ckpt_path, run_config)
     model.to(fabric.device)
     conditional = is_conditional(model)
     if class_label is not None and not conditional:
