@@ -2,6 +2,8 @@
 
     lightning-gen fit --config experiments/quickstart.yaml
     lightning-gen fit --config experiments/dcgan_mnist.yaml --data.data_dir DIR --trainer.max_steps 20
+    lightning-gen evaluate --ckpt_path RUN/checkpoints/last.ckpt --num_samples 50000
+    lightning-gen sample --ckpt_path RUN/checkpoints/last.ckpt --num_samples 1000 --out DIR
 
 Model and data are chosen by class path in the YAML; every constructor argument is an option.
 The model's ``image_shape`` is taken from the DataModule. Each run writes its resolved

@@ -7,8 +7,13 @@ import pytest
 import scipy.linalg
 import torch
 
-from lightning_gen.metrics import FeatureStore, fid_statistics, fidelity_metrics, frechet_distance
-from lightning_gen.metrics import to_uint8
+from lightning_gen.metrics import (
+    FeatureStore,
+    fid_statistics,
+    fidelity_metrics,
+    frechet_distance,
+    to_uint8,
+)
 
 
 def scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:

@@ -12,8 +12,12 @@ import torch
 import torch_fidelity
 from PIL import Image
 
-from lightning_gen.metrics import InceptionExtractor, build_extractor, fidelity_metrics
-from lightning_gen.metrics import write_random_inception_weights
+from lightning_gen.metrics import (
+    InceptionExtractor,
+    build_extractor,
+    fidelity_metrics,
+    write_random_inception_weights,
+)
 
 N = 10  # images per set
 SPLITS = 2  # Inception Score splits (N / SPLITS images each)

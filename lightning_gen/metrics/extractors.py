@@ -158,6 +158,9 @@ class InceptionExtractor(FeatureExtractor):
                 f"could not download the Inception-v3 weights ({err}); download {INCEPTION_FILE} "
                 "on a machine with network access and pass it as weights_path"
             ) from err
+        # channels_last: ~1.6x faster convolutions on CPU (oneDNN), same numbers up to float
+        # rounding; parameters keep the layout through .to(device).
+        self.net.to(memory_format=torch.channels_last)
         self.name = f"inception-v3-{digest}"
 
     @torch.no_grad()
