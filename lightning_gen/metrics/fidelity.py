@@ -11,7 +11,9 @@ and weights, and nothing is re-implemented):
 * KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel over
   ``kid_subsets`` random subsets, mean and std (``kid_features_to_metric``).
 * Precision / recall (Kynkaanniemi et al. 2019), k-NN balls with ``k = prc_neighborhood``
-  (``prc_features_to_metric``, in its memory-saving batched form).
+  (``prc_features_to_metric``, in its memory-saving batched form), on as many real samples as
+  generated ones, in the extractor's feature space (the paper, and torch-fidelity's default,
+  use VGG-16 features instead).
 
 Generated features are "input 1", real ones "input 2", torch-fidelity's convention.
 
@@ -123,7 +125,15 @@ def fidelity_metrics(
                                  rng_seed=rng_seed, verbose=False)
     out[KID_MEAN], out[KID_STD] = kid["kernel_inception_distance_mean"], kid["kernel_inception_distance_std"]
     out["kid_subset_size"] = subset
-    prc = prc_features_to_metric(f_fake, f_real, prc_neighborhood=prc_neighborhood,
+    # Precision/recall compare sets of equal size (Kynkaanniemi et al. 2019): k-NN radii shrink
+    # as a set grows, so a larger reference set would bias both. A seeded subset of the real
+    # features (all of them when there are no more than generated ones).
+    f_real_prc = f_real
+    if n_real > n_fake:
+        keep = np.random.RandomState(rng_seed).permutation(n_real)[:n_fake]
+        f_real_prc = f_real[torch.from_numpy(np.sort(keep))]
+    out["prc_num_real"] = len(f_real_prc)
+    prc = prc_features_to_metric(f_fake, f_real_prc, prc_neighborhood=prc_neighborhood,
                                  prc_batch_size=10000, save_cpu_ram=True, verbose=False)
     out[PRECISION], out[RECALL] = prc["precision"], prc["recall"]
     labels = fake.get("labels")
