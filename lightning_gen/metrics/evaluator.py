@@ -138,7 +138,7 @@ class GenerativeEvaluator:
 
     def reference(self, datamodule, split: str = "train", device=None, num_images: int | None = None,
                   min_images: int = 0, progress: bool = False) -> dict:
-        """Features, logits and FID statistics of the real ``split`` (from the cache when its key
+        """Features and FID statistics of the real ``split`` (from the cache when its key
         matches; else computed over all ranks, written by rank 0, read by all).
 
         ``num_images``: the first ``num_images`` of the split (``None``: all). ``min_images``:
@@ -177,7 +177,7 @@ class GenerativeEvaluator:
             store.reset()
         out["stats"] = fid_statistics(out["features"])
         if rank == 0:
-            out["path"] = self.cache.save(key, out["features"], out["logits"], out["stats"])
+            out["path"] = self.cache.save(key, out["features"], out["stats"])
         barrier()
         return out
 

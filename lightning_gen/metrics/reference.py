@@ -2,8 +2,9 @@
 
 The key holds the dataset (DataModule class, data folder, split, number of images), the image
 shape, the preprocessing protocol and the feature extractor's name (which includes a digest of
-its weights). Entries are ``<cache_dir>/<dataset>-<split>-<hash>.npz`` holding the features, the
-logits, the FID statistics and the key itself; they are written atomically (temporary file +
+its weights). Entries are ``<cache_dir>/<dataset>-<split>-<hash>.npz`` holding the features (for
+KID and precision/recall), the float64 FID statistics and the key itself (real logits are not
+needed: the Inception Score is a property of the generated samples alone); they are written atomically (temporary file +
 rename), so concurrent runs never read half a file.
 """
 
@@ -60,16 +61,14 @@ class ReferenceCache:
                 return None
             return {
                 "features": torch.from_numpy(data["features"]),
-                "logits": torch.from_numpy(data["logits"]),
                 "stats": {"mu": data["mu"], "sigma": data["sigma"]},
                 "path": path,
             }
 
-    def save(self, key: dict, features: torch.Tensor, logits: torch.Tensor,
-             stats: dict[str, np.ndarray]) -> Path:
+    def save(self, key: dict, features: torch.Tensor, stats: dict[str, np.ndarray]) -> Path:
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
-                np.savez(f, features=features.cpu().numpy(), logits=logits.cpu().numpy(),
+                np.savez(f, features=features.cpu().numpy(),
                          mu=stats["mu"], sigma=stats["sigma"],
                          key=np.array(self.key_string(key)))
 
