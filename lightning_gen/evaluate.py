@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from lightning_gen.metrics.evaluator import GenerativeEvaluator, is_conditional, load_split
 from lightning_gen.metrics.extractors import build_extractor, to_uint8
+from lightning_gen.models.base import GenerativeModel
 from lightning_gen.runs import atomic_write
 
 # ----------------------------------------------------------------------------------------------
@@ -50,6 +51,12 @@ def _public(kwargs: dict) -> dict:
 
 def _tuples(kwargs: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+def _check_generator(cls) -> None:
+    if getattr(cls, "sample", None) is GenerativeModel.sample or not hasattr(cls, "sample"):
+        raise ValueError(f"{cls.__module__}.{cls.__name__} does not generate samples (no sample "
+                         "method); pass the checkpoint of a generator")
 
 
 def run_config_path(ckpt_path: str | Path) -> Path:
@@ -74,6 +81,8 @@ def load_run(ckpt_path: str, config: str | None = None, data_dir: str | None = N
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict)")
     hparams = dict(ckpt.get("hyper_parameters") or {})
+    if hparams.get("_class_path"):
+        _check_generator(_import(hparams["_class_path"]))
 
     cfg_path = Path(config) if config else run_config_path(path)
     cfg = {}
@@ -119,6 +128,7 @@ def load_run(ckpt_path: str, config: str | None = None, data_dir: str | None = N
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise ValueError(f"checkpoint {path} does not match the {model_cls} of the config: "
                          f"{first[:200]}") from err
+    _check_generator(type(model))
     if hasattr(model, "on_load_checkpoint"):
         model.on_load_checkpoint(ckpt)
     if tuple(model.hparams.get("image_shape", datamodule.image_shape)) != tuple(datamodule.image_shape):

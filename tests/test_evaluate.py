@@ -155,6 +155,8 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path, capsys):
         capsys, *base, "--feature_extractor", clf, "--num_samples", "500", "--reference", "test")
     assert "reference split 'valid' does not exist" in _error(
         capsys, *base, "--feature_extractor", clf, "--reference", "valid")
+    assert "does not generate samples" in _error(
+        capsys, "evaluate", "--ckpt_path", str(runs["classifier"]), "--accelerator", "cpu")
     assert "checkpoint not found" in _error(
         capsys, "evaluate", "--ckpt_path", str(tmp_path / "missing.ckpt"))
     assert not (tmp_path / "x.json").exists()

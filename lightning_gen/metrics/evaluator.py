@@ -94,7 +94,11 @@ class GenerativeEvaluator:
 
     def _my_batches(self, n: int) -> Iterator[tuple[int, int, int]]:
         rank, world = rank_and_world()
-        for b in range(rank, math.ceil(n / self.batch_size), world):
+        n_batches = math.ceil(n / self.batch_size)
+        if n_batches < world:  # every rank must contribute to the gather
+            raise ValueError(f"{n} images in batches of {self.batch_size} give {n_batches} "
+                             f"batches for {world} processes; lower batch_size")
+        for b in range(rank, n_batches, world):
             yield b, b * self.batch_size, min(n, (b + 1) * self.batch_size)
 
     def generated(self, model, num_samples: int, seed: int = 0, device=None,
