@@ -76,7 +76,8 @@ class GenerativeMetricsCallback(Callback):
 
     def _log(self, pl_module: LightningModule, metrics: dict[str, float]) -> None:
         # Every rank holds the same gathered values: no further reduction.
-        values = {f"{self.prefix}{k}": float(v) for k, v in metrics.items()}
+        values = {f"{self.prefix}{k}": float(v) for k, v in metrics.items()
+                  if k not in ("kid_subset_size", "prc_num_real")}  # protocol, not metrics
         pl_module.log_dict(values, sync_dist=False, rank_zero_only=False)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
