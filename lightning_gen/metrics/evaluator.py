@@ -34,6 +34,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_ranks_agree(flag: bool, device: torch.device) -> bool:
+    """``flag`` on every rank (a collective under DDP; ``flag`` itself otherwise)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
 def load_split(datamodule, split: str) -> Dataset:
     """The full ``split`` of an :class:`~datamodules.base.ImageDataModule` (``train`` is the
     whole training split, before any validation hold-out)."""
@@ -157,12 +166,14 @@ class GenerativeEvaluator:
                 "another split"
             )
         key = self.reference_key(datamodule, split, n)
+        device = torch.device(device or "cpu")
         cached = self.cache.load(key)
+        if not all_ranks_agree(cached is not None, device):  # all load, or all compute
+            cached = None
         self.reference_info = {**key, "from_cache": cached is not None,
                                "cache_file": str(self.cache.path(key))}
         if cached is not None:
             return cached
-        device = torch.device(device or "cpu")
         batches = list(self._my_batches(n))
         indices = [i for _, start, end in batches for i in range(start, end)]
         loader = DataLoader(Subset(dataset, indices), batch_size=self.batch_size, shuffle=False,
