@@ -29,10 +29,18 @@ def save_module_checkpoint(model: lightning.LightningModule, path: str | Path,
 
 
 def classifier_checkpoint(path: str | Path, image_shape=(1, 32, 32), seed: int = 0) -> Path:
-    """An untrained (seeded) evaluator classifier: a valid, cheap feature extractor."""
+    """An untrained (seeded) evaluator classifier: a valid, cheap feature extractor.
+
+    He-normal weights keep the activations' scale through the layers (with PyTorch's default
+    init the features of different images are near-identical and every metric degenerate), and a
+    wide head makes the class probabilities differ between images (an informative IS)."""
     torch.manual_seed(seed)
-    return save_module_checkpoint(Classifier(image_shape=image_shape, width=8, feature_dim=16),
-                                  path)
+    model = Classifier(image_shape=image_shape, width=8, feature_dim=16)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    torch.nn.init.normal_(model.net.head.weight, 0.0, 1.0)
+    return save_module_checkpoint(model, path)
 
 
 class TemplateGenerator(GenerativeModel):
