@@ -205,4 +205,5 @@ class GenerativeEvaluator:
         fake = self.generated(model, num_samples, seed, device, progress=progress)
         if not isinstance(self.extractor, ClassifierExtractor):
             fake.pop("labels")  # accuracy of conditional samples needs the data's own classes
-        return fidelity_metrics(fake, real, real_stats=real["stats"], **self.options)
+        return fidelity_metrics(fake, real, real_stats=real["stats"], device=device,
+                                **self.options)
