@@ -2,6 +2,8 @@
 
     lightning-gen fit --config experiments/quickstart.yaml
     lightning-gen fit --config experiments/dcgan_mnist.yaml --data.data_dir DIR --trainer.max_steps 20
+    lightning-gen evaluate --ckpt_path RUN/checkpoints/last.ckpt --num_samples 50000
+    lightning-gen sample --ckpt_path RUN/checkpoints/last.ckpt --num_samples 1000 --out DIR
 
 Model and data are chosen by class path in the YAML; every constructor argument is an option.
 The model's ``image_shape`` is taken from the DataModule. Each run writes its resolved
@@ -123,7 +125,13 @@ def default_logger() -> dict:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lightning-gen`` console script."""
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv[:1] and argv[0] in ("evaluate", "sample"):
+            # Evaluation commands (lightning_gen.evaluate), not LightningCLI subcommands.
+            from lightning_gen.evaluate import main as evaluate_main
+
+            return evaluate_main(argv)
         LightningGenCLI(
             model_class=GenerativeModel,
             datamodule_class=ImageDataModule,

@@ -1,4 +1,5 @@
-"""Callbacks: image grids, what the lectures show about latent-variable models, speed options."""
+"""Callbacks: image grids, what the lectures show about latent-variable models, evaluation
+metrics (FID / IS / KID / precision-recall) and speed options."""
 
 from lightning_gen.callbacks.images import ImageGridCallback, image_grid, log_grid, save_grid
 from lightning_gen.callbacks.latent import (
@@ -8,10 +9,12 @@ from lightning_gen.callbacks.latent import (
     LatentTraversalCallback,
     OutlierAUROCCallback,
 )
+from lightning_gen.callbacks.metrics import GenerativeMetricsCallback
 from lightning_gen.callbacks.performance import Performance
 
 __all__ = [
     "CompletionCallback",
+    "GenerativeMetricsCallback",
     "ImageGridCallback",
     "LatentArithmeticCallback",
     "LatentInterpolationCallback",

@@ -2,6 +2,7 @@
 
 from lightning_gen.models.autoencoder import Autoencoder
 from lightning_gen.models.base import GenerativeModel, ImageShapeMismatchError
+from lightning_gen.models.classifier import Classifier
 from lightning_gen.models.cvae import CVAE
 from lightning_gen.models.cyclegan import CycleGAN
 from lightning_gen.models.dcgan import DCGAN
@@ -15,7 +16,7 @@ from lightning_gen.models.vae import VAE
 from lightning_gen.models.wgan_gp import WGANGP
 
 __all__ = [
-    "CVAE", "DCGAN", "DRAGAN", "GAN", "SNGAN", "VAE", "WGANGP", "Autoencoder", "CycleGAN",
+    "CVAE", "Classifier", "DCGAN", "DRAGAN", "GAN", "SNGAN", "VAE", "WGANGP", "Autoencoder", "CycleGAN",
     "GANBase", "GenerativeModel", "ImageShapeMismatchError", "InstanceNoiseDCGAN", "PixelCNN",
     "TextbookGAN",
 ]
