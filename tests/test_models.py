@@ -212,3 +212,22 @@ def test_bad_hyperparameters_are_rejected():
         DCGAN(n_critic=0)
     with pytest.raises(ValueError, match="beta"):
         VAE(beta=-1.0)
+
+
+GAN_CLASSES = ["DCGAN", "DRAGAN", "GAN", "InstanceNoiseDCGAN", "SNGAN", "TextbookGAN", "WGANGP"]
+
+
+@pytest.mark.parametrize("name", GAN_CLASSES)
+def test_every_gan_takes_the_base_options_on_the_command_line(name):
+    from jsonargparse import ArgumentParser
+
+    import lightning_gen.models as models
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(getattr(models, name), "model")
+    args = parser.parse_args(["--model.ema_decay", "0.9", "--model.n_critic", "3",
+                              "--model.grad_clip", "1.0"])
+    model = getattr(models, name)(**{k: v for k, v in vars(args.model).items()})
+    assert (model.hparams.ema_decay, model.hparams.n_critic, model.hparams.grad_clip) == (0.9, 3, 1.0)
+    model.init_ema()
+    assert model.generator_ema is not None

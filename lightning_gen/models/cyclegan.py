@@ -96,7 +96,6 @@ class CycleGAN(GANBase):
         super().__init__(image_shape=image_shape, latent_dim=1, n_critic=1, lr_g=lr_g,
                          lr_d=lr_d, betas=betas, optimizer="adam", grad_clip=grad_clip,
                          num_fixed_samples=num_fixed_samples, sample_seed=sample_seed)
-        self.save_hyperparameters()
         c = image_shape[0]
         self.generator = nn.ModuleDict({
             "a_to_b": ResNetTranslator(c, g_width, n_res_blocks, n_down),

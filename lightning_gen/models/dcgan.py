@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -36,22 +36,10 @@ class DCGAN(GANBase):
         g_width: int = 64,
         d_width: int = 64,
         generator_loss_type: Literal["non_saturating", "minimax"] = "non_saturating",
-        n_critic: int = 1,
-        lr_g: float = 2e-4,
-        lr_d: float = 2e-4,
-        betas: tuple[float, float] = (0.5, 0.999),
-        optimizer: Literal["adam", "rmsprop"] = "adam",
-        grad_clip: float = 0.0,
-        num_fixed_samples: int = 64,
-        sample_seed: int = 0,
-        ema_decay: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_shape=image_shape, latent_dim=latent_dim, n_critic=n_critic, lr_g=lr_g,
-            lr_d=lr_d, betas=betas, optimizer=optimizer, grad_clip=grad_clip,
-            num_fixed_samples=num_fixed_samples, sample_seed=sample_seed, ema_decay=ema_decay,
-        )
-        self.save_hyperparameters()
+        # GANBase's defaults are the paper's: Adam(2e-4, betas (0.5, 0.999)), k = 1.
+        super().__init__(image_shape=image_shape, latent_dim=latent_dim, **kwargs)
         self.generator = ConvDecoder(image_shape, latent_dim, width=g_width, output="tanh")
         self.discriminator = ConvEncoder(image_shape, 1, width=d_width, norm="batch")
         dcgan_init_(self)

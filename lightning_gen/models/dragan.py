@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -27,7 +27,8 @@ class DRAGAN(_BinaryGANLosses, GANBase):
         target_norm: ``k`` (1).
         perturb_scale: ``c`` of the perturbation ``c * std(x) * U[0, 1)`` (0.5).
         generator_loss_type: ``"non_saturating"`` or ``"minimax"``.
-        n_critic, lr_g, lr_d, betas, ...: see ``GANBase`` (the authors: Adam 1e-4, (0.5, 0.9)).
+        lr_g, lr_d, betas: Adam (the authors: 1e-4, (0.5, 0.9)).
+        **kwargs: further options of ``GANBase`` (``n_critic``, ``ema_decay``, ...).
     """
 
     def __init__(
@@ -41,21 +42,13 @@ class DRAGAN(_BinaryGANLosses, GANBase):
         target_norm: float = 1.0,
         perturb_scale: float = 0.5,
         generator_loss_type: Literal["non_saturating", "minimax"] = "non_saturating",
-        n_critic: int = 1,
         lr_g: float = 1e-4,
         lr_d: float = 1e-4,
         betas: tuple[float, float] = (0.5, 0.9),
-        optimizer: Literal["adam", "rmsprop"] = "adam",
-        grad_clip: float = 0.0,
-        num_fixed_samples: int = 64,
-        sample_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_shape=image_shape, latent_dim=latent_dim, n_critic=n_critic, lr_g=lr_g,
-            lr_d=lr_d, betas=betas, optimizer=optimizer, grad_clip=grad_clip,
-            num_fixed_samples=num_fixed_samples, sample_seed=sample_seed,
-        )
-        self.save_hyperparameters()
+        super().__init__(image_shape=image_shape, latent_dim=latent_dim, lr_g=lr_g, lr_d=lr_d,
+                         betas=betas, **kwargs)
         self.generator = ConvDecoder(image_shape, latent_dim, width=g_width, output="tanh")
         self.discriminator = ConvEncoder(image_shape, 1, width=d_width, norm=d_norm)
 

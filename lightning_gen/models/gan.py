@@ -3,7 +3,7 @@ and the textbook convolutional GAN (Foster 2019, Ch. 4)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -51,10 +51,12 @@ class GAN(ConditionalMixin, _BinaryGANLosses, GANBase):
         generator_loss_type: ``"minimax"`` (Eq. 1) or ``"non_saturating"`` (Sec. 3).
         num_classes: Size of the label vector (0: unconditional GAN).
         condition_on: ``"class"`` (integer labels) or ``"attributes"`` (CelebA vectors).
-        n_critic: ``k`` of Algorithm 1 (1 in the paper's experiments).
         optimizer: ``"sgd"`` (momentum ``momentum``, as the paper), ``"adam"``, ``"rmsprop"``.
-        momentum: SGD momentum.
-        lr_g, lr_d, betas, grad_clip, num_fixed_samples, sample_seed: see ``GANBase``.
+        momentum: SGD momentum (0.5).
+        lr_g, lr_d: Learning rates (0.1).
+        num_fixed_samples: Size of the fixed noise (and label) batch of the sample grids.
+        **kwargs: further options of ``GANBase`` (``n_critic``: ``k`` of Algorithm 1, 1 in the
+            paper's experiments; ``betas``, ``ema_decay``, ...).
     """
 
     def __init__(
@@ -68,22 +70,16 @@ class GAN(ConditionalMixin, _BinaryGANLosses, GANBase):
         generator_loss_type: Literal["non_saturating", "minimax"] = "non_saturating",
         num_classes: int = 0,
         condition_on: Literal["class", "attributes"] = "class",
-        n_critic: int = 1,
         optimizer: Literal["sgd", "adam", "rmsprop"] = "sgd",
         momentum: float = 0.5,
         lr_g: float = 0.1,
         lr_d: float = 0.1,
-        betas: tuple[float, float] = (0.5, 0.999),
-        grad_clip: float = 0.0,
         num_fixed_samples: int = 64,
-        sample_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_shape=image_shape, latent_dim=latent_dim, n_critic=n_critic, lr_g=lr_g,
-            lr_d=lr_d, betas=betas, optimizer="adam" if optimizer == "sgd" else optimizer,
-            grad_clip=grad_clip, num_fixed_samples=num_fixed_samples, sample_seed=sample_seed,
-        )
-        self.save_hyperparameters()
+        super().__init__(image_shape=image_shape, latent_dim=latent_dim, optimizer=optimizer,
+                         momentum=momentum, lr_g=lr_g, lr_d=lr_d,
+                         num_fixed_samples=num_fixed_samples, **kwargs)
         self._init_conditioning(num_fixed_samples)
         self.generator = MLPGenerator(latent_dim, image_shape, g_hidden, num_classes)
         self.discriminator = MLPDiscriminator(image_shape, d_hidden, maxout_pieces, dropout,
@@ -101,11 +97,6 @@ class GAN(ConditionalMixin, _BinaryGANLosses, GANBase):
     def discriminate(self, x, labels=None):
         return self.discriminator(x, self._labels(labels, x.shape[0]))
 
-    def _make_optimizer(self, params, lr: float) -> torch.optim.Optimizer:
-        if self.hparams.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=self.hparams.momentum)
-        return super()._make_optimizer(params, lr)
-
 
 class TextbookGAN(_BinaryGANLosses, GANBase):
     """The textbook convolutional GAN (Foster 2019, Ch. 4): see
@@ -118,7 +109,8 @@ class TextbookGAN(_BinaryGANLosses, GANBase):
         d_filters, d_kernel, d_strides, d_dropout: The discriminator's convolutions.
         g_start_shape, g_upsampling, g_filters, g_kernel, g_bn_momentum: The generator's.
         generator_loss_type: ``"non_saturating"`` (the book: G trained on "real" labels).
-        lr_g, lr_d, optimizer, ...: see ``GANBase``.
+        lr_g, lr_d, optimizer: RMSprop with the book's learning rates.
+        **kwargs: further options of ``GANBase``.
     """
 
     def __init__(
@@ -135,21 +127,13 @@ class TextbookGAN(_BinaryGANLosses, GANBase):
         g_kernel: int = 5,
         g_bn_momentum: float = 0.9,
         generator_loss_type: Literal["non_saturating", "minimax"] = "non_saturating",
-        n_critic: int = 1,
         lr_g: float = 0.0004,
         lr_d: float = 0.0008,
-        betas: tuple[float, float] = (0.5, 0.999),
-        optimizer: Literal["adam", "rmsprop"] = "rmsprop",
-        grad_clip: float = 0.0,
-        num_fixed_samples: int = 64,
-        sample_seed: int = 0,
+        optimizer: Literal["adam", "rmsprop", "sgd"] = "rmsprop",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_shape=image_shape, latent_dim=latent_dim, n_critic=n_critic, lr_g=lr_g,
-            lr_d=lr_d, betas=betas, optimizer=optimizer, grad_clip=grad_clip,
-            num_fixed_samples=num_fixed_samples, sample_seed=sample_seed,
-        )
-        self.save_hyperparameters()
+        super().__init__(image_shape=image_shape, latent_dim=latent_dim, lr_g=lr_g, lr_d=lr_d,
+                         optimizer=optimizer, **kwargs)
         self.discriminator = TextbookDiscriminator(image_shape, d_filters, d_kernel, d_strides,
                                                    d_dropout)
         self.generator = TextbookGenerator(latent_dim, image_shape, g_start_shape, g_upsampling,

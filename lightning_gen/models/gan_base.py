@@ -43,8 +43,9 @@ class GANBase(GenerativeModel):
         n_critic: Discriminator steps per generator step (``k`` of Algorithm 1).
         lr_g: Generator learning rate.
         lr_d: Discriminator learning rate.
-        betas: Adam's betas (ignored by RMSprop).
-        optimizer: ``"adam"`` or ``"rmsprop"``.
+        betas: Adam's betas (used by Adam only).
+        optimizer: ``"adam"``, ``"rmsprop"`` or ``"sgd"``.
+        momentum: Momentum of SGD and RMSprop.
         grad_clip: Clip each network's gradient norm to this value (0: off). Trainer's
             ``gradient_clip_val`` does not apply under manual optimisation.
         num_fixed_samples: Size of the fixed noise batch used for sample grids.
@@ -53,6 +54,12 @@ class GANBase(GenerativeModel):
             ``theta_ema <- beta * theta_ema + (1 - beta) * theta`` after every generator step
             (0: off). When on, ``sample``, ``log_images`` and evaluation use the average; it is
             saved in checkpoints as ``generator_ema.*``. Typical: 0.999 (0.9999 for long runs).
+
+    Subclasses take their own options and forward these with ``**kwargs`` (LightningCLI and
+    jsonargparse resolve the forwarded options, so ``--model.init_args.ema_decay`` works for
+    every GAN); they override a default by naming the option in their own signature. This
+    constructor saves the hyperparameters of the whole constructor chain, so subclasses do not
+    call ``save_hyperparameters`` again.
     """
 
     def __init__(
@@ -63,13 +70,16 @@ class GANBase(GenerativeModel):
         lr_g: float = 2e-4,
         lr_d: float = 2e-4,
         betas: tuple[float, float] = (0.5, 0.999),
-        optimizer: Literal["adam", "rmsprop"] = "adam",
+        optimizer: Literal["adam", "rmsprop", "sgd"] = "adam",
+        momentum: float = 0.0,
         grad_clip: float = 0.0,
         num_fixed_samples: int = 64,
         sample_seed: int = 0,
         ema_decay: float = 0.0,
     ) -> None:
         super().__init__()
+        # Collects this frame's and the calling subclasses' __init__ arguments (and **kwargs).
+        self.save_hyperparameters()
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0 turns the average off), got {ema_decay}")
         if n_critic < 1:
@@ -183,7 +193,9 @@ class GANBase(GenerativeModel):
 
     def _make_optimizer(self, params, lr: float) -> torch.optim.Optimizer:
         if self.hparams.optimizer == "rmsprop":
-            return torch.optim.RMSprop(params, lr=lr)
+            return torch.optim.RMSprop(params, lr=lr, momentum=self.hparams.momentum)
+        if self.hparams.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=self.hparams.momentum)
         return torch.optim.Adam(params, lr=lr, betas=tuple(self.hparams.betas))
 
     def training_step(self, batch, batch_idx: int) -> None:

@@ -3,7 +3,7 @@ real samples", and to fake ones, before the discriminator sees them."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
 
@@ -21,36 +21,20 @@ class InstanceNoiseDCGAN(DCGAN):
     Args:
         noise_std: ``sigma`` at the start (0.1 on the [-1, 1] scale).
         anneal_steps: Discriminator steps over which ``sigma`` decays to 0 (0: constant).
-        image_shape, latent_dim, g_width, d_width, generator_loss_type, ...: see ``DCGAN``.
+        image_shape: ``(C, H, W)`` (linked from the DataModule by the CLI).
+        **kwargs: the options of ``DCGAN`` (``latent_dim``, ``g_width``, ...) and ``GANBase``.
     """
 
     def __init__(
         self,
         image_shape: tuple[int, int, int] = (3, 32, 32),
-        latent_dim: int = 100,
-        g_width: int = 64,
-        d_width: int = 64,
         noise_std: float = 0.1,
         anneal_steps: int = 50_000,
-        generator_loss_type: Literal["non_saturating", "minimax"] = "non_saturating",
-        n_critic: int = 1,
-        lr_g: float = 2e-4,
-        lr_d: float = 2e-4,
-        betas: tuple[float, float] = (0.5, 0.999),
-        optimizer: Literal["adam", "rmsprop"] = "adam",
-        grad_clip: float = 0.0,
-        num_fixed_samples: int = 64,
-        sample_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         if noise_std < 0 or anneal_steps < 0:
             raise ValueError("noise_std and anneal_steps must be >= 0")
-        super().__init__(
-            image_shape=image_shape, latent_dim=latent_dim, g_width=g_width, d_width=d_width,
-            generator_loss_type=generator_loss_type, n_critic=n_critic, lr_g=lr_g, lr_d=lr_d,
-            betas=betas, optimizer=optimizer, grad_clip=grad_clip,
-            num_fixed_samples=num_fixed_samples, sample_seed=sample_seed,
-        )
-        self.save_hyperparameters()
+        super().__init__(image_shape=image_shape, **kwargs)
 
     @property
     def noise_level(self) -> float:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 from lightning_gen.losses import hinge_discriminator_loss, hinge_generator_loss
 from lightning_gen.models.gan_base import GANBase
@@ -24,7 +24,9 @@ class SNGAN(GANBase):
         g_channels: Generator block channels (256).
         d_channels: Discriminator block channels (128).
         spectral_norm: Spectral normalisation in D (switch off for an ablation).
-        n_critic, lr_g, lr_d, betas, ...: see ``GANBase``.
+        n_critic: ``n_dis`` (5).
+        betas: Adam's betas ((0, 0.9)); lr 2e-4 is GANBase's default.
+        **kwargs: further options of ``GANBase`` (``lr_g``, ``lr_d``, ``ema_decay``, ...).
     """
 
     def __init__(
@@ -35,20 +37,11 @@ class SNGAN(GANBase):
         d_channels: int = 128,
         spectral_norm: bool = True,
         n_critic: int = 5,
-        lr_g: float = 2e-4,
-        lr_d: float = 2e-4,
         betas: tuple[float, float] = (0.0, 0.9),
-        optimizer: Literal["adam", "rmsprop"] = "adam",
-        grad_clip: float = 0.0,
-        num_fixed_samples: int = 64,
-        sample_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_shape=image_shape, latent_dim=latent_dim, n_critic=n_critic, lr_g=lr_g,
-            lr_d=lr_d, betas=betas, optimizer=optimizer, grad_clip=grad_clip,
-            num_fixed_samples=num_fixed_samples, sample_seed=sample_seed,
-        )
-        self.save_hyperparameters()
+        super().__init__(image_shape=image_shape, latent_dim=latent_dim, n_critic=n_critic,
+                         betas=betas, **kwargs)
         self.generator = ResNetGenerator(latent_dim, image_shape, g_channels)
         self.discriminator = ResNetDiscriminator(image_shape, d_channels, spectral_norm)
 

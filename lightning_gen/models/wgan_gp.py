@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -52,20 +52,12 @@ class WGANGP(GANBase):
         lr_g: float = 1e-4,
         lr_d: float = 1e-4,
         betas: tuple[float, float] = (0.0, 0.9),
-        optimizer: Literal["adam", "rmsprop"] = "adam",
-        grad_clip: float = 0.0,
-        num_fixed_samples: int = 64,
-        sample_seed: int = 0,
-        ema_decay: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_shape=image_shape, latent_dim=latent_dim, n_critic=n_critic, lr_g=lr_g,
-            lr_d=lr_d, betas=betas, optimizer=optimizer, grad_clip=grad_clip,
-            num_fixed_samples=num_fixed_samples, sample_seed=sample_seed, ema_decay=ema_decay,
-        )
+        super().__init__(image_shape=image_shape, latent_dim=latent_dim, n_critic=n_critic,
+                         lr_g=lr_g, lr_d=lr_d, betas=betas, **kwargs)
         if gp_weight < 0:
             raise ValueError(f"gp_weight must be >= 0, got {gp_weight}")
-        self.save_hyperparameters()
         if architecture == "resnet":
             self.generator = ResNetGenerator(latent_dim, image_shape, channels=g_width)
             self.discriminator = ResNetDiscriminator(image_shape, d_width, spectral_norm=False)
