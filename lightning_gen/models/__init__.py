@@ -1,7 +1,11 @@
 """One LightningModule per model family."""
 
 from lightning_gen.models.autoencoder import Autoencoder
-from lightning_gen.models.base import GenerativeModel, ImageShapeMismatchError
+from lightning_gen.models.base import (
+    GenerativeModel,
+    ImageShapeMismatchError,
+    SingleObjectiveModel,
+)
 from lightning_gen.models.classifier import Classifier
 from lightning_gen.models.cvae import CVAE
 from lightning_gen.models.cyclegan import CycleGAN
@@ -18,5 +22,6 @@ from lightning_gen.models.wgan_gp import WGANGP
 __all__ = [
     "CVAE", "Classifier", "DCGAN", "DRAGAN", "GAN", "SNGAN", "VAE", "WGANGP", "Autoencoder", "CycleGAN",
     "GANBase", "GenerativeModel", "ImageShapeMismatchError", "InstanceNoiseDCGAN", "PixelCNN",
+    "SingleObjectiveModel",
     "TextbookGAN",
 ]

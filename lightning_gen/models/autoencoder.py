@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lightning_gen.models.base import GenerativeModel
+from lightning_gen.models.base import SingleObjectiveModel
 from lightning_gen.nets.conv import ConvDecoder, ConvEncoder
 
 
-class Autoencoder(GenerativeModel):
+class Autoencoder(SingleObjectiveModel):
     """``x -> z = enc(x) -> x_hat = dec(z)``, trained on ``||x - x_hat||^2``.
 
     Args:
@@ -52,18 +52,6 @@ class Autoencoder(GenerativeModel):
         else:
             self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
         return loss
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -182,3 +182,24 @@ def _channels_last(batch):
     if isinstance(batch, torch.Tensor) and batch.dim() == 4:
         return batch.contiguous(memory_format=torch.channels_last)
     return batch
+
+
+class SingleObjectiveModel(GenerativeModel):
+    """A generative model trained on one loss with one Adam optimizer (automatic optimisation):
+    the autoencoders and likelihood models. Subclasses implement ``_step(batch, stage)``, which
+    logs its terms under ``stage/`` and returns the loss; they have an ``lr`` hyperparameter."""
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -8,12 +8,12 @@ from typing import Literal
 import torch
 
 from lightning_gen.losses import categorical_nll, discretize
-from lightning_gen.models.base import GenerativeModel
+from lightning_gen.models.base import SingleObjectiveModel
 from lightning_gen.models.conditional import ConditionalMixin
 from lightning_gen.nets.pixelcnn import GatedPixelCNNNet, PixelCNNNet
 
 
-class PixelCNN(ConditionalMixin, GenerativeModel):
+class PixelCNN(ConditionalMixin, SingleObjectiveModel):
     """Autoregressive image model ``p(x) = prod_i p(x_i | x_<i)`` with a ``num_levels``-way
     softmax per sub-pixel, trained by maximum likelihood.
 
@@ -87,18 +87,6 @@ class PixelCNN(ConditionalMixin, GenerativeModel):
         else:
             self.log_dict(terms, prog_bar=True, sync_dist=True)
         return bits_per_dim  # the loss: same optimum as nats, a scale independent of image size
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()

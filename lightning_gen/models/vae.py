@@ -13,11 +13,11 @@ from lightning_gen.losses import (
     gaussian_log_likelihood,
     reparameterize,
 )
-from lightning_gen.models.base import GenerativeModel
+from lightning_gen.models.base import SingleObjectiveModel
 from lightning_gen.nets.conv import ConvDecoder, ConvEncoder
 
 
-class VAE(GenerativeModel):
+class VAE(SingleObjectiveModel):
     """Convolutional VAE with a standard normal prior and a diagonal Gaussian posterior.
 
     Maximises ``E_q[log p(x|z)] - beta * KL(q(z|x) || p(z))``; ``beta = 1`` is the ELBO of the
@@ -125,18 +125,6 @@ class VAE(GenerativeModel):
         else:
             self.log_dict(terms, prog_bar=True, sync_dist=True)
         return loss
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
