@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -22,7 +22,10 @@ class CVAE(ConditionalMixin, VAE):
     Args:
         num_classes: Size of ``y`` (10 classes, or 40 CelebA attributes).
         condition_on: ``"class"`` (integer labels) or ``"attributes"`` (0/1 vectors).
-        image_shape, latent_dim, width, beta, likelihood, gaussian_std, lr, ...: see ``VAE``.
+        image_shape: ``(C, H, W)`` (linked from the DataModule by the CLI).
+        num_fixed_samples: Size of the fixed prior (and label) batch of the sample grids.
+        **kwargs: the options of ``VAE`` (``latent_dim``, ``width``, ``beta``, ``likelihood``,
+            ``gaussian_std``, ``lr``, ...).
     """
 
     def __init__(
@@ -30,29 +33,21 @@ class CVAE(ConditionalMixin, VAE):
         image_shape: tuple[int, int, int] = (1, 28, 28),
         num_classes: int = 10,
         condition_on: Literal["class", "attributes"] = "class",
-        latent_dim: int = 16,
-        width: int = 32,
-        beta: float = 1.0,
-        likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
-        gaussian_std: float = 0.1,
-        lr: float = 1e-3,
         num_fixed_samples: int = 64,
-        sample_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"the conditional VAE needs num_classes >= 1, got {num_classes}")
-        super().__init__(
-            image_shape=image_shape, latent_dim=latent_dim, width=width, beta=beta,
-            likelihood=likelihood, gaussian_std=gaussian_std, lr=lr,
-            num_fixed_samples=num_fixed_samples, sample_seed=sample_seed,
-        )
-        self.save_hyperparameters()
+        super().__init__(image_shape=image_shape, num_fixed_samples=num_fixed_samples, **kwargs)
         self._init_conditioning(num_fixed_samples)
-        c, h, w = image_shape
-        self.encoder = ConvEncoder((c + num_classes, h, w), 2 * latent_dim, width=width,
-                                   norm="batch")
-        self.decoder = ConvDecoder(image_shape, latent_dim + num_classes, width=width,
-                                   output="none")
+
+    def build_networks(self) -> tuple[ConvEncoder, ConvDecoder]:
+        # y enters the encoder as K constant channels and the decoder concatenated to z.
+        hp = self.hparams
+        c, h, w = hp.image_shape
+        k = hp.num_classes
+        return (ConvEncoder((c + k, h, w), 2 * hp.latent_dim, width=hp.width, norm="batch"),
+                ConvDecoder(hp.image_shape, hp.latent_dim + k, width=hp.width, output="none"))
 
     def _y(self, labels: torch.Tensor | None, n: int) -> torch.Tensor:
         labels = self.default_labels(n) if labels is None else labels

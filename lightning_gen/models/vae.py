@@ -55,13 +55,19 @@ class VAE(SingleObjectiveModel):
             raise ValueError(f"beta must be >= 0, got {beta}")
         if gaussian_std <= 0:
             raise ValueError(f"gaussian_std must be > 0, got {gaussian_std}")
+        # Also collects the arguments of subclasses further up the constructor chain (CVAE).
         self.save_hyperparameters()
-        self.encoder = ConvEncoder(image_shape, 2 * latent_dim, width=width, norm="batch")
-        self.decoder = ConvDecoder(image_shape, latent_dim, width=width, output="none")
+        self.encoder, self.decoder = self.build_networks()
         noise = torch.randn(
             num_fixed_samples, latent_dim, generator=torch.Generator().manual_seed(sample_seed)
         )
         self.register_buffer("fixed_noise", noise)
+
+    def build_networks(self) -> tuple[ConvEncoder, ConvDecoder]:
+        """Encoder ``x -> (mu, logvar)`` and decoder ``z -> logits/means``, from ``hparams``."""
+        hp = self.hparams
+        return (ConvEncoder(hp.image_shape, 2 * hp.latent_dim, width=hp.width, norm="batch"),
+                ConvDecoder(hp.image_shape, hp.latent_dim, width=hp.width, output="none"))
 
     # ------------------------------------------------------------------------------------------
     # Conditioning hooks (the conditional VAE overrides them; labels are None here)
