@@ -29,6 +29,11 @@ from lightning_gen.models.base import GenerativeModel, NonFiniteLossError
 from lightning_gen.runs import atomic_write, run_dir
 
 DEBUG_ENV = "LIGHTNING_GEN_DEBUG"
+DESCRIPTION = (
+    "Train and evaluate generative models: `lightning-gen fit --config experiments/NAME.yaml`. "
+    "Also `lightning-gen evaluate --help` (FID/IS/KID/precision-recall, ELBO of a checkpoint) "
+    "and `lightning-gen sample --help` (write samples as PNGs)."
+)
 
 
 class RunConfigCallback(SaveConfigCallback):
@@ -140,6 +145,7 @@ def main(args: list[str] | None = None) -> None:
             save_config_callback=RunConfigCallback,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"logger": default_logger()},
+            parser_kwargs={"description": DESCRIPTION},
             args=args,
         )
     except (DatasetNotFoundError, FileNotFoundError, ValueError) as err:
