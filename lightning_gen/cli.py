@@ -80,7 +80,20 @@ class LightningGenCLI(LightningCLI):
                 "ELBO) or `lightning-gen sample` for generated images")
         self._check_data()
 
-    before_fit = _check_data
+    # A checkpoint of other images is reported before the run folder and W&B run are created
+    # (the model's on_load_checkpoint would say the same, but only once the run has started).
+    def _check_fit(self) -> None:
+        self._check_data()
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file() and isinstance(self.model, GenerativeModel):
+            import torch
+
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+            # Only the base class's shape check (subclasses also restore state there).
+            GenerativeModel.on_load_checkpoint(
+                self.model, {"hyper_parameters": ckpt.get("hyper_parameters") or {}})
+
+    before_fit = _check_fit
     before_validate = before_test = before_predict = _check_step
 
     def after_fit(self) -> None:

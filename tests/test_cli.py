@@ -192,6 +192,8 @@ def test_resuming_a_checkpoint_of_other_images_is_a_clear_error(mnist_dir, capsy
               str(mnist_dir), "--ckpt_path", str(ckpt), *FAST])  # MNIST at 28x28
     err = capsys.readouterr().err
     assert "(1, 32, 32)" in err and "(1, 28, 28)" in err and "Traceback" not in err
+    # Reported before the second run started: no run folder, no W&B run for it.
+    assert len(list(Path("runs").glob("*/*"))) == 1
 
 
 @pytest.mark.parametrize("command, step", [("validate", "validation_step"),
