@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from datamodules.base import DatasetNotFoundError, ImageDataModule
 from lightning_gen.callbacks.images import ImageGridCallback
@@ -72,7 +73,33 @@ class LightningGenCLI(LightningCLI):
         if self.datamodule is not None:
             self.datamodule.prepare_data()
 
-    before_fit = before_validate = before_test = before_predict = _check_data
+    # validate/test/predict need the model's step for it (GANs have no validation/test step and
+    # no model has a predict_step): say so in one line instead of Lightning's traceback.
+    def _check_step(self) -> None:
+        step = {"validate": "validation_step", "test": "test_step",
+                "predict": "predict_step"}[self.subcommand]
+        if not is_overridden(step, self.model):
+            raise ValueError(
+                f"{type(self.model).__name__} defines no {step}(), so `lightning-gen "
+                f"{self.subcommand}` cannot run it; use `lightning-gen evaluate` (FID/IS/KID, "
+                "ELBO) or `lightning-gen sample` for generated images")
+        self._check_data()
+
+    # A checkpoint of other images is reported before the run folder and W&B run are created
+    # (the model's on_load_checkpoint would say the same, but only once the run has started).
+    def _check_fit(self) -> None:
+        self._check_data()
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file() and isinstance(self.model, GenerativeModel):
+            import torch
+
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+            # Only the base class's shape check (subclasses also restore state there).
+            GenerativeModel.on_load_checkpoint(
+                self.model, {"hyper_parameters": ckpt.get("hyper_parameters") or {}})
+
+    before_fit = _check_fit
+    before_validate = before_test = before_predict = _check_step
 
     def after_fit(self) -> None:
         trainer = self.trainer

@@ -59,6 +59,11 @@ def _check_generator(cls) -> None:
                          "method); pass the checkpoint of a generator")
 
 
+def _cannot_sample(model, err: Exception) -> str:
+    return (f"{type(model).__name__} does not generate samples ({err}); pass the checkpoint of "
+            "a generator")
+
+
 def run_config_path(ckpt_path: str | Path) -> Path:
     """``<run>/config.yaml`` for ``<run>/checkpoints/<name>.ckpt``."""
     return Path(ckpt_path).resolve().parent.parent / "config.yaml"
@@ -238,8 +243,11 @@ def evaluate(
                                     isc_splits=isc_splits, kid_subsets=kid_subsets,
                                     kid_subset_size=kid_subset_size)
     model.to(fabric.device)
-    metrics = evaluator.evaluate(model, datamodule, reference, num_samples, seed=seed,
-                                 device=fabric.device, progress=progress)
+    try:
+        metrics = evaluator.evaluate(model, datamodule, reference, num_samples, seed=seed,
+                                     device=fabric.device, progress=progress)
+    except NotImplementedError as err:  # e.g. the plain Autoencoder: no prior to sample from
+        raise ValueError(_cannot_sample(model, err)) from err
     result = {
         **metrics,
         "num_samples": num_samples,
@@ -321,6 +329,7 @@ def sample(
     if class_label is not None and not conditional:
         raise ValueError(f"{type(model).__name__} is not class-conditional; drop --class_label")
     folder = Path(out)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     arrays, all_labels = [], []
     fork = [fabric.device] if fabric.device.type == "cuda" else []
@@ -334,7 +343,13 @@ def sample(
             all_labels.append(labels.cpu())
         with torch.random.fork_rng(devices=fork), torch.no_grad():
             torch.manual_seed(seed + b)
-            images = to_uint8(model.sample(end - start, labels)).permute(0, 2, 3, 1).cpu().numpy()
+            try:
+                images = model.sample(end - start, labels)
+            except NotImplementedError as err:  # e.g. the plain Autoencoder
+                if created and not any(folder.iterdir()):
+                    folder.rmdir()
+                raise ValueError(_cannot_sample(model, err)) from err
+            images = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
         for i, image in zip(range(start, end), images, strict=True):
             pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
             pil.save(folder / f"{i:06d}.png")

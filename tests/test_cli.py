@@ -192,3 +192,22 @@ def test_resuming_a_checkpoint_of_other_images_is_a_clear_error(mnist_dir, capsy
               str(mnist_dir), "--ckpt_path", str(ckpt), *FAST])  # MNIST at 28x28
     err = capsys.readouterr().err
     assert "(1, 32, 32)" in err and "(1, 28, 28)" in err and "Traceback" not in err
+    # Reported before the second run started: no run folder, no W&B run for it.
+    assert len(list(Path("runs").glob("*/*"))) == 1
+
+
+@pytest.mark.parametrize("command, step", [("validate", "validation_step"),
+                                           ("test", "test_step"), ("predict", "predict_step")])
+def test_a_subcommand_without_its_step_is_a_one_line_error(command, step, capsys):
+    # The README lists validate|test|predict: a GAN has none of those steps (and no model a
+    # predict_step); the user gets one line naming the step, not Lightning's traceback.
+    main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"),
+          "--trainer.max_steps", "2", *FAST])
+    ckpt = next(Path("runs").glob("*/*/checkpoints/last.ckpt"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main([command, "--config", str(ROOT / "experiments/quickstart.yaml"),
+              "--ckpt_path", str(ckpt), *FAST])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"lightning-gen: error: DCGAN defines no {step}()")

@@ -160,3 +160,24 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path, capsys):
     assert "checkpoint not found" in _error(
         capsys, "evaluate", "--ckpt_path", str(tmp_path / "missing.ckpt"))
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_model_without_a_prior_is_a_one_line_error(runs, tmp_path, capsys):
+    # The plain Autoencoder has a sample() that raises NotImplementedError: evaluate and sample
+    # must say so in one line (exit 2), not print a traceback, and sample leaves no folder.
+    from datamodules import MNISTDataModule
+    from lightning_gen.models import Autoencoder
+    from tests.metrics_helpers import save_module_checkpoint
+
+    ckpt = save_module_checkpoint(Autoencoder(latent_dim=4, width=8), tmp_path / "ae.ckpt",
+                                  datamodule=MNISTDataModule(data_dir=str(runs["root"] / "mnist")))
+    err = _error(capsys, "evaluate", "--ckpt_path", str(ckpt), "--num_samples", "40",
+                 "--reference", "test", "--feature_extractor", f"classifier:{runs['classifier']}",
+                 "--accelerator", "cpu", "--progress", "false",
+                 "--cache_dir", str(tmp_path / "cache"), "--out", str(tmp_path / "ae.json"))
+    assert "Autoencoder does not generate samples" in err
+    assert not (tmp_path / "ae.json").exists()
+    err = _error(capsys, "sample", "--ckpt_path", str(ckpt), "--num_samples", "4",
+                 "--out", str(tmp_path / "samples"), "--accelerator", "cpu", "--progress", "false")
+    assert "Autoencoder does not generate samples" in err
+    assert not (tmp_path / "samples").exists()

@@ -97,3 +97,19 @@ def test_outlier_score_auroc_matches_scikit_learn():
     cb.run(trainer, Stub())
     expected = roc_auc_score((y == 2).numpy(), x.flatten(1).mean(1).numpy())
     assert abs(cb.auroc - expected) < 1e-6
+
+
+def test_a_conditional_model_keeps_one_class_per_row():
+    # Interpolation/traversal rows must vary only the latent: a conditional GAN gets one label
+    # per row (its default labels 0, 1, 2, ... in turn), not a new class at every image.
+    from lightning_gen.callbacks.latent import latent_decoder
+    from lightning_gen.models import GAN
+
+    model = GAN((1, 28, 28), latent_dim=4, g_hidden=(8,), d_hidden=(8,), maxout_pieces=2,
+                num_classes=10).eval()
+    seen = []
+    model.generate = lambda z, labels=None: seen.append(labels) or torch.zeros(len(z), 1, 28, 28)
+    decode, latent_dim = latent_decoder(model, row_length=5)
+    decode(torch.randn(3 * 5, latent_dim))
+    expected = model.default_labels(3).repeat_interleave(5)
+    assert torch.equal(seen[0], expected) and seen[0].view(3, 5).unique(dim=1).shape == (3, 1)

@@ -20,16 +20,24 @@ from lightning_gen.models.gan_base import GANBase
 from lightning_gen.models.vae import VAE
 
 
-def latent_decoder(model: LightningModule) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+def latent_decoder(model: LightningModule, row_length: int = 1,
+                   ) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
     """``(decode, latent_dim)`` with ``decode(z) -> images in [-1, 1]`` for a GAN (the
-    generator, with the default labels of a conditional one) or a VAE (the decoder's mean)."""
+    generator) or a VAE (the decoder's mean). A conditional model gets its default labels, one
+    per row of ``row_length`` images, so that a row varies only the latent, not the class."""
+    def labels_for(n: int) -> torch.Tensor | None:
+        if not hasattr(model, "default_labels"):
+            return None
+        labels = model.default_labels(-(-n // row_length))
+        return None if labels is None else labels.repeat_interleave(row_length, dim=0)[:n]
+
     if isinstance(model, VAE):
         def decode(z):
-            labels = model.default_labels(z.shape[0]) if hasattr(model, "default_labels") else None
-            return model.to_image(model.decode(z, labels))
+            return model.to_image(model.decode(z, labels_for(z.shape[0])))
         return decode, model.hparams.latent_dim
     if isinstance(model, GANBase):
-        return (lambda z: model.generate(z).clamp(-1, 1)), model.hparams.latent_dim
+        return (lambda z: model.generate(z, labels_for(z.shape[0])).clamp(-1, 1),
+                model.hparams.latent_dim)
     raise TypeError(f"{type(model).__name__} has no latent space to explore; use a GAN or a VAE")
 
 
@@ -105,7 +113,7 @@ class LatentInterpolationCallback(_PeriodicCallback):
         return torch.cat([path(z0, z1, t) for z0, z1 in ends])
 
     def run(self, trainer, pl_module):
-        decode, latent_dim = latent_decoder(pl_module)
+        decode, latent_dim = latent_decoder(pl_module, row_length=self.num_steps)
         images = decode(self.paths(latent_dim).to(pl_module.device))
         log_grid(trainer, "latent_interpolation", image_grid(images, self.num_steps))
 
@@ -158,7 +166,7 @@ class LatentTraversalCallback(_PeriodicCallback):
         return z.flatten(0, 1)
 
     def run(self, trainer, pl_module):
-        decode, latent_dim = latent_decoder(pl_module)
+        decode, latent_dim = latent_decoder(pl_module, row_length=self.num_steps)
         base, dims = self.base_and_dims(pl_module, latent_dim)
         log_grid(trainer, "latent_traversal", image_grid(decode(self.codes(base, dims)),
                                                          self.num_steps))
