@@ -163,8 +163,8 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path, capsys):
 
 
 def test_a_model_without_a_prior_is_a_one_line_error(runs, tmp_path, capsys):
-    # The plain Autoencoder has a sample() that raises NotImplementedError: evaluate and sample
-    # must say so in one line (exit 2), not print a traceback, and sample leaves no folder.
+    # The plain Autoencoder has no sample(): evaluate and sample must say so in one line
+    # (exit 2), before any work, not print a traceback, and sample leaves no folder.
     from datamodules import MNISTDataModule
     from lightning_gen.models import Autoencoder
     from tests.metrics_helpers import save_module_checkpoint

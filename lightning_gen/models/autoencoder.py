@@ -53,11 +53,8 @@ class Autoencoder(SingleObjectiveModel):
             self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
-    @torch.no_grad()
-    def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError(
-            "a plain autoencoder has no prior to sample from; use the VAE for samples"
-        )
+    # No sample(): a plain autoencoder has no prior to sample from (use the VAE), so
+    # `lightning-gen evaluate/sample` reject its checkpoints before any work.
 
     @torch.no_grad()
     def log_images(self, batch) -> dict[str, torch.Tensor]:
