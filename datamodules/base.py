@@ -40,6 +40,9 @@ class ImageDataModule(L.LightningDataModule):
     name: str = "dataset"
     channels: int = 1
     num_classes: int = 0
+    #: What the targets are: ``"class"`` (an integer in ``0..num_classes-1``) or
+    #: ``"attributes"`` (a 0/1 vector of length ``num_classes``, CelebA).
+    label_kind: str = "class"
     default_image_size: int = 32
     download_hint: str = ""
     #: The dataset has its own validation partition (CelebA); otherwise ``val_fraction`` of the

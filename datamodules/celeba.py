@@ -31,6 +31,7 @@ class CelebADataModule(ImageDataModule):
     name = "CelebA"
     channels = 3
     num_classes = len(ATTRIBUTES)
+    label_kind = "attributes"
     default_image_size = 64
     attribute_names = ATTRIBUTES
     official_val_split = True

@@ -13,7 +13,14 @@ from lightning_gen.losses import (
     gan_generator_loss_nonsaturating,
     gaussian_kl,
 )
-from lightning_gen.models import DCGAN, VAE, Autoencoder, ImageShapeMismatchError
+from lightning_gen.models import (
+    DCGAN,
+    GAN,
+    VAE,
+    Autoencoder,
+    ImageShapeMismatchError,
+    LabelMismatchError,
+)
 from lightning_gen.nets import ConvDecoder, ConvEncoder, base_size
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (3, 64, 64), (1, 32, 32)]
@@ -204,6 +211,20 @@ def test_model_built_for_other_images_fails_before_the_first_step(mnist_dir):
     trainer = tiny_trainer(max_steps=2)
     with pytest.raises(ImageShapeMismatchError, match=r"\(3, 32, 32\).*\(1, 28, 28\)"):
         trainer.fit(model, datamodule=MNISTDataModule(str(mnist_dir), batch_size=8))
+    assert model.d_steps == 0
+
+
+def test_conditional_model_built_for_other_labels_fails_before_the_first_step():
+    """The CelebA cGAN YAML's model (40 binary attributes) on a 10-class dataset: a clear error
+    naming both, instead of a shape error deep inside the first step."""
+    from datamodules import DigitsDataModule
+
+    model = GAN((1, 16, 16), latent_dim=8, g_hidden=[16], d_hidden=[16], num_classes=40,
+                condition_on="attributes")
+    trainer = tiny_trainer(max_steps=2)
+    with pytest.raises(LabelMismatchError,
+                       match="40 binary attributes but DigitsDataModule yields 10 classes"):
+        trainer.fit(model, datamodule=DigitsDataModule(image_size=16, batch_size=8))
     assert model.d_steps == 0
 
 

@@ -4,6 +4,7 @@ from lightning_gen.models.autoencoder import Autoencoder
 from lightning_gen.models.base import (
     GenerativeModel,
     ImageShapeMismatchError,
+    LabelMismatchError,
     SingleObjectiveModel,
 )
 from lightning_gen.models.classifier import Classifier
@@ -21,7 +22,8 @@ from lightning_gen.models.wgan_gp import WGANGP
 
 __all__ = [
     "CVAE", "Classifier", "DCGAN", "DRAGAN", "GAN", "SNGAN", "VAE", "WGANGP", "Autoencoder", "CycleGAN",
-    "GANBase", "GenerativeModel", "ImageShapeMismatchError", "InstanceNoiseDCGAN", "PixelCNN",
+    "GANBase", "GenerativeModel", "ImageShapeMismatchError", "InstanceNoiseDCGAN", "LabelMismatchError",
+    "PixelCNN",
     "SingleObjectiveModel",
     "TextbookGAN",
 ]

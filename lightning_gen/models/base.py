@@ -28,6 +28,10 @@ class ImageShapeMismatchError(ValueError):
     """The model was built for other images than the DataModule provides."""
 
 
+class LabelMismatchError(ValueError):
+    """A conditional model was built for other labels than the DataModule provides."""
+
+
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; training stopped before the update it would have made."""
 

@@ -13,6 +13,8 @@ from typing import Literal
 
 import torch
 
+from lightning_gen.models.base import LabelMismatchError
+
 
 class ConditionalMixin:
     """Mix into a :class:`~lightning_gen.models.base.GenerativeModel` with ``num_classes`` and
@@ -36,6 +38,20 @@ class ConditionalMixin:
     @property
     def conditional(self) -> bool:
         return self.hparams.num_classes > 0
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)  # the image-shape check
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if not self.conditional or not hasattr(datamodule, "num_classes"):
+            return
+        kind = getattr(datamodule, "label_kind", "class")
+        if (datamodule.num_classes, kind) != (self.hparams.num_classes, self.condition_on):
+            raise LabelMismatchError(
+                f"{type(self).__name__} is conditioned on {_describe(self.hparams.num_classes, self.condition_on)} "
+                f"but {type(datamodule).__name__} yields "
+                f"{_describe(datamodule.num_classes, kind)}. Set the model's num_classes and "
+                "condition_on to match the data (or num_classes: 0 for an unconditional model)."
+            )
 
     def conditioning(self, batch) -> torch.Tensor | None:
         if not self.conditional:
@@ -62,3 +78,11 @@ class ConditionalMixin:
             reps = -(-self._fixed_labels.shape[0] // y.shape[0])
             self._fixed_labels.copy_(y.repeat(reps, 1)[: self._fixed_labels.shape[0]])
             self._fixed_labels_set.fill_(True)
+
+
+def _describe(num_classes: int, kind: str) -> str:
+    if num_classes == 0:
+        return "no labels"
+    if kind == "attributes":
+        return f"{num_classes} binary attributes"
+    return f"{num_classes} classes"
