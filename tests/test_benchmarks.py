@@ -1,0 +1,119 @@
+"""The benchmark scripts run, time both sides alike, and report what they measure.
+
+CPU-sized: width-4 networks, batch 2, a few steps; the figures themselves are not checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    return load("throughput")
+
+
+def table_rows(text: str) -> list[list[str]]:
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("| ")]
+    return [r for r in rows if r[0] not in ("model", "---", "experiment")]
+
+
+def test_throughput_prints_one_row_per_loop_with_ratios(throughput, capsys):
+    throughput.main(["--device", "cpu", "--models", "dcgan,vae", "--width", "4",
+                     "--batch-size", "2", "--steps", "3", "--lightning", "bare"])
+    rows = table_rows(capsys.readouterr().out)
+    assert [(r[0], r[2]) for r in rows] == [("dcgan", "hand"), ("dcgan", "lightning (bare)"),
+                                            ("vae", "hand"), ("vae", "lightning (bare)")]
+    for _model, batch, loop, steps, ips, ratio, cpu_ips, cpu_ratio, _mem in rows:
+        assert (batch, steps) == ("2", "3")
+        assert float(ips) > 0 and float(cpu_ips) > 0
+        if loop == "hand":
+            assert float(ratio) == float(cpu_ratio) == 1.0
+        else:
+            assert 0 < float(ratio) < 10
+
+
+def test_both_loops_read_the_clock_with_the_same_number_of_syncs(throughput, monkeypatch,
+                                                                 tmp_path):
+    """CUDA is synchronised only before the first and after the last timed step, in both loops;
+    a sync after every Lightning step would stall the GPU queue on that side alone."""
+    calls = []
+    monkeypatch.setattr(throughput, "sync", lambda device: calls.append(device))
+    args = throughput.argparse.Namespace(device="cpu", precision="32-true", width=4, steps=5,
+                                         warmup=2, channels_last=False)
+    spec, batch = throughput.SPECS["dcgan"], throughput.make_batch(2, "cpu")
+    memory = throughput.PeakMemory("cpu")
+    throughput.time_hand(spec, args, batch, memory)
+    assert len(calls) == 2
+    calls.clear()
+    ips, cpu_ips, _ = throughput.time_lightning(spec, args, batch, memory, "bare", tmp_path)
+    assert len(calls) == 2
+    assert math.isfinite(ips) and ips > 0
+
+
+def test_throughput_rejects_float16_on_cpu(throughput):
+    with pytest.raises(SystemExit) as exit_info:
+        throughput.main(["--device", "cpu", "--precision", "16-mixed"])
+    assert exit_info.value.code == 2
+
+
+def test_amp_check_fits_an_experiment_through_the_cli_and_reports_it(capsys, tmp_path):
+    amp_check = load("amp_check")
+    code = amp_check.main(["--precision", "bf16-mixed", "--steps", "4", "--batch_size", "8",
+                           "--accelerator", "cpu", "--experiments", "dcgan_mnist",
+                           "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (row,) = table_rows(out)
+    experiment, precision, exit_code, steps, _s, non_finite, losses, _scale = row
+    assert (experiment, precision, exit_code, steps) == ("dcgan_mnist", "bf16-mixed", "0", "4")
+    assert non_finite.startswith("0 of ") and int(non_finite.split()[-1]) > 0
+    assert "d_loss" in losses and "g_loss" in losses
+    assert "0 of 1 experiments failed" in out
+
+
+def test_amp_check_counts_non_finite_logged_values(tmp_path):
+    amp_check = load("amp_check")
+    log = tmp_path / "lightning_logs" / "version_0"
+    log.mkdir(parents=True)
+    (log / "metrics.csv").write_text(
+        "epoch,step,train/d_loss,train/g_loss\n0,9,0.5,\n0,19,nan,inf\n0,29,0.25,1.5\n")
+    bad, last, count = amp_check.read_log(tmp_path)
+    assert (bad, count) == (2, 5)
+    assert last == {"train/d_loss": 0.25, "train/g_loss": 1.5}
+
+
+def test_amp_check_reads_training_files_from_mnist_test_files(tmp_path):
+    """cyclegan_mnist_inverted on a GPU machine with only the MNIST test files at hand."""
+    import gzip
+
+    from tests.fakedata import write_mnist
+
+    source = write_mnist(tmp_path / "src", n_test=5) / "MNIST" / "raw"
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (source / name).unlink()
+    images = (source / "t10k-images-idx3-ubyte").read_bytes()
+    (source / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(images))  # as downloaded
+    (source / "t10k-images-idx3-ubyte").unlink()
+    amp_check = load("amp_check")
+    raw = amp_check.mnist_as_training_data(source, tmp_path / "out") / "MNIST" / "raw"
+    assert (raw / "train-images-idx3-ubyte").read_bytes() == images
+    assert (raw / "t10k-images-idx3-ubyte").read_bytes() == images
+    assert (raw / "train-labels-idx1-ubyte").read_bytes() == (
+        source / "t10k-labels-idx1-ubyte").read_bytes()
