@@ -68,10 +68,13 @@ class LightningGenCLI(LightningCLI):
         if self.subcommand is not None:
             _resume_latest_run(self.config[self.subcommand])
 
-    # Missing data is reported before anything is written (no run folder, no W&B run).
+    # Missing data, and a model built for other images or labels, are reported before anything
+    # is written (no run folder, no W&B run).
     def _check_data(self) -> None:
         if self.datamodule is not None:
             self.datamodule.prepare_data()
+            if isinstance(self.model, GenerativeModel):
+                self.model.check_datamodule(self.datamodule)
 
     # validate/test/predict need the model's step for it (GANs have no validation/test step and
     # no model has a predict_step): say so in one line instead of Lightning's traceback.

@@ -196,6 +196,18 @@ def test_resuming_a_checkpoint_of_other_images_is_a_clear_error(mnist_dir, capsy
     assert len(list(Path("runs").glob("*/*"))) == 1
 
 
+def test_a_conditional_model_on_data_with_other_labels_is_a_clear_error(capsys):
+    # cgan_celeba's model is conditioned on CelebA's 40 attributes; digits have 10 classes.
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(ROOT / "experiments/cgan_celeba.yaml"),
+              "--data", "datamodules.DigitsDataModule", "--data.image_size", "32",
+              "--trainer.max_steps", "2", *FAST])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert "GAN is conditioned on 40 binary attributes but DigitsDataModule yields 10 classes" in err
+    assert not Path("runs").exists() and not list(Path.cwd().rglob("config.yaml"))
+
+
 @pytest.mark.parametrize("command, step", [("validate", "validation_step"),
                                            ("test", "test_step"), ("predict", "predict_step")])
 def test_a_subcommand_without_its_step_is_a_one_line_error(command, step, capsys):

@@ -49,6 +49,13 @@ class GenerativeModel(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None:
+            self.check_datamodule(datamodule)
+
+    def check_datamodule(self, datamodule) -> None:
+        """Raise a clear error if the model was built for other data than ``datamodule``
+        yields (here: the image shape). Runs in ``setup``; the CLI calls it before the run
+        folder is created."""
         data_shape = getattr(datamodule, "image_shape", None)
         if data_shape is not None and tuple(data_shape) != tuple(self.hparams.image_shape):
             raise ImageShapeMismatchError(

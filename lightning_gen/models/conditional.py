@@ -39,9 +39,8 @@ class ConditionalMixin:
     def conditional(self) -> bool:
         return self.hparams.num_classes > 0
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)  # the image-shape check
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+    def check_datamodule(self, datamodule) -> None:
+        super().check_datamodule(datamodule)  # the image shape
         if not self.conditional or not hasattr(datamodule, "num_classes"):
             return
         kind = getattr(datamodule, "label_kind", "class")
