@@ -97,8 +97,8 @@ class Classifier(GenerativeModel):
             x = random_shift_flip(x, hp.max_shift, flip=hp.augment == "shift_flip")
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
+        self.log_terms({"train/loss": loss, "train/acc": (logits.argmax(1) == y).float().mean()},
+                       prog_bar=True)  # averaged over DDP ranks
         return loss
 
     def _eval_step(self, batch, stage: str) -> None:

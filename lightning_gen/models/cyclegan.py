@@ -160,8 +160,8 @@ class CycleGAN(GANBase):
 
         d_terms = self._optimizer_step(opt_d, d_closure)
         self.d_steps += 1
-        self.log_dict({f"train/g_{k}": v for k, v in g_terms.items()}, prog_bar=True)
-        self.log_dict({f"train/d_{k}": v for k, v in d_terms.items()}, prog_bar=True)
+        self.log_train_terms({**{f"train/g_{k}": v for k, v in g_terms.items()},
+                              **{f"train/d_{k}": v for k, v in d_terms.items()}})
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)

@@ -221,16 +221,20 @@ class GANBase(GenerativeModel):
             self.g_steps += 1
             self.update_ema()
             self._last_g_terms = {f"train/g_{k}": v for k, v in g_terms.items()}
-        # One log call (one collective under DDP) at the steps Lightning writes logs; the
-        # generator's terms are those of its latest step.
-        if self.should_log_step():
-            counters = torch.tensor([self.d_steps, self.g_steps], dtype=torch.float32,
-                                    device=self.device)
-            self.log_terms({
-                **{f"train/d_{k}": v for k, v in d_terms.items()},
-                **getattr(self, "_last_g_terms", {}),
-                "train/d_steps": counters[0], "train/g_steps": counters[1],
-            }, prog_bar=True)
+        # The generator's terms are those of its latest step.
+        self.log_train_terms({**{f"train/d_{k}": v for k, v in d_terms.items()},
+                              **getattr(self, "_last_g_terms", {})})
+
+    def log_train_terms(self, terms: dict[str, torch.Tensor]) -> None:
+        """Log one training step's terms: in the progress bar, averaged over DDP ranks in one
+        collective (:meth:`log_terms`); and, only at the steps Lightning writes logs, the update
+        counters ``train/d_steps``/``train/g_steps`` (an x-axis for D and G updates; each
+        ``self.log`` costs ~0.2 ms of Python). The counters are CPU tensors, equal on every rank:
+        no host-to-device copy, nothing to reduce."""
+        self.log_terms(terms, prog_bar=True)
+        if self._logs_written_now():
+            self.log_dict({"train/d_steps": torch.tensor(float(self.d_steps)),
+                           "train/g_steps": torch.tensor(float(self.g_steps))})
 
     def _optimizer_step(self, optimizer, closure) -> dict[str, torch.Tensor]:
         """One update of ``optimizer``'s network: toggle, zero, backward, step, untoggle.

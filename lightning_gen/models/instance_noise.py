@@ -48,4 +48,6 @@ class InstanceNoiseDCGAN(DCGAN):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)  # e.g. the base's EMA update
-        self.log("train/instance_noise_std", self.noise_level, on_step=True, on_epoch=False)
+        if self._logs_written_now():  # a CPU tensor: no host-to-device copy per step
+            self.log("train/instance_noise_std", torch.tensor(self.noise_level), on_step=True,
+                     on_epoch=False)
