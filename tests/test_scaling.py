@@ -187,6 +187,50 @@ def test_nan_loss_stops_with_clear_message_and_last_checkpoint_loads(tmp_path):
     assert torch.load(last, weights_only=False)["gan_steps"] == {"d_steps": 3, "g_steps": 3}
 
 
+def test_non_finite_record_finds_the_first_bad_step_and_the_longest_run():
+    from lightning_gen.models.base import NonFiniteRecord
+
+    record = NonFiniteRecord()
+    pattern = [1, 1, 0, 1, 0, 0, 0, 1, 0, 0]  # 1 = finite; steps 0..9
+    for step, finite in enumerate(pattern):
+        record.add(step, torch.tensor(bool(finite)))
+    assert (record.max_streak, record.first_step) == (0, -1)  # nothing read before fold()
+    record.fold()
+    assert (record.max_streak, record.first_step, record.streak) == (3, 2, 2)
+    for step in (10, 11):  # the run of 2 goes on across folds: 4 in a row now
+        record.add(step, torch.tensor(False))
+    record.fold()
+    assert (record.max_streak, record.first_step) == (4, 2) and record.pending == []
+
+
+def test_non_finite_record_stays_bounded_when_nothing_reads_it():
+    from lightning_gen.models.base import NonFiniteRecord
+
+    record = NonFiniteRecord()
+    for step in range(3 * record.fold_every + 5):
+        record.add(step, torch.tensor(step != 2000))
+    assert len(record.pending) == 5 and (record.max_streak, record.first_step) == (1, 2000)
+
+
+@pytest.mark.parametrize("bad_in_a_row, amp, stops", [(1, False, True), (20, True, False),
+                                                       (21, True, True)])
+def test_float16_tolerates_up_to_20_skipped_steps_in_a_row(bad_in_a_row, amp, stops):
+    """Without a GradScaler one non-finite loss stops the run; with one (16-mixed), isolated
+    overflows are the scaler's business and only more than 20 in a row stop it."""
+    model = DCGAN(**TINY_GAN)
+    scaler = torch.amp.GradScaler("cpu") if amp else None
+    model._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler),
+                                     global_step=5, world_size=1, checkpoint_callback=None)
+    model._current_loss_name = "train/d_loss"
+    for loss in [1.0] + [float("inf")] * bad_in_a_row + [1.0]:
+        model.on_before_backward(torch.tensor(loss))
+    if stops:
+        with pytest.raises(NonFiniteLossError, match="train/d_loss became non-finite"):
+            model.check_finite()
+    else:
+        model.check_finite()
+
+
 def test_cli_prints_one_line_and_exits_1_on_nan(capsys):
     from lightning_gen.cli import main
 

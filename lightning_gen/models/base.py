@@ -72,25 +72,19 @@ class GenerativeModel(L.LightningModule):
             batch = _channels_last(batch)
         return batch
 
-    # The guard records on the device and reads the record (one host sync) only when Lightning
-    # writes logs, before every checkpoint is written and at the end of training: a host sync
-    # per backward would stall the GPU queue. A checkpoint is never written from a state that
-    # saw a non-finite loss, so the last one on disk is the last good state.
+    # The guard records each loss's finiteness on the device (one op per backward, no host
+    # sync) and reads the records (one host sync) only when Lightning writes logs, before every
+    # checkpoint is written and at the end of training: a host sync per backward would stall
+    # the GPU queue. A checkpoint is never written from a state that saw a non-finite loss, so
+    # the last one on disk is the last good state.
     def on_before_backward(self, loss: torch.Tensor) -> None:
         # Runs for automatic optimisation and for every manual_backward alike.
         name = getattr(self, "_current_loss_name", None) or "train/loss"
         records = self.__dict__.setdefault("_non_finite", {})
-        bad = ~torch.isfinite(loss.detach()).all()
-        if name not in records:
-            zero = torch.zeros((), dtype=torch.long, device=bad.device)
-            records[name] = {"streak": zero, "max_streak": zero, "first_step": zero - 1}
-        rec = records[name]
-        step = self.trainer.global_step if self._trainer is not None else 0
-        rec["streak"] = (rec["streak"] + 1) * bad  # consecutive non-finite losses
-        rec["max_streak"] = torch.maximum(rec["max_streak"], rec["streak"])
-        first = bad & (rec["first_step"] < 0)
-        rec["first_step"] = torch.where(first, torch.full_like(rec["first_step"], step),
-                                        rec["first_step"])
+        record = records.get(name) or records.setdefault(name, NonFiniteRecord())
+        finite = torch.isfinite(loss.detach())
+        step = self._trainer.global_step if self._trainer is not None else 0
+        record.add(step, finite if finite.dim() == 0 else finite.all())
 
     def check_finite(self) -> None:
         """Raise :class:`NonFiniteLossError` if a loss was NaN/inf since training started.
@@ -106,11 +100,13 @@ class GenerativeModel(L.LightningModule):
             return
         scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer else None
         limit = self.max_skipped_amp_steps if scaler is not None else 0
-        stats = torch.stack([torch.stack([r["max_streak"], r["first_step"]])
-                             for r in records.values()])  # (losses, 2)
+        for record in records.values():
+            record.fold()
+        stats = [[r.max_streak, r.first_step] for r in records.values()]
         if self._trainer is not None and self.trainer.world_size > 1:
-            stats = self.trainer.strategy.reduce(stats, reduce_op="max")
-        for name, (max_streak, first_step) in zip(records, stats.tolist(), strict=True):
+            stats = self.trainer.strategy.reduce(
+                torch.tensor(stats, device=self.device), reduce_op="max").tolist()
+        for name, (max_streak, first_step) in zip(records, stats, strict=True):
             if max_streak > limit:
                 self._raise_non_finite(name, int(first_step))
 
@@ -185,6 +181,41 @@ class GenerativeModel(L.LightningModule):
     def log_images(self, batch) -> dict[str, torch.Tensor]:
         """Named image batches in [-1, 1] for the grid callback."""
         return {}
+
+
+class NonFiniteRecord:
+    """Whether one loss stayed finite: per backward, ``add`` keeps the device flag ``finite``
+    (no host sync); ``fold`` reads the kept flags with one host sync into the longest run of
+    consecutive non-finite values (``max_streak``) and the optimizer step of the first one
+    (``first_step``, -1 if none). Flags are folded every ``fold_every`` additions as well, so a
+    run that never logs keeps a bounded list."""
+
+    fold_every = 1024
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.streak = 0
+        self.max_streak = 0
+        self.first_step = -1
+
+    def add(self, step: int, finite: torch.Tensor) -> None:
+        self.pending.append((step, finite))
+        if len(self.pending) >= self.fold_every:
+            self.fold()
+
+    def fold(self) -> None:
+        if not self.pending:
+            return
+        flags = torch.stack([f for _, f in self.pending]).tolist()  # the one host sync
+        for (step, _), finite in zip(self.pending, flags, strict=True):
+            if finite:
+                self.streak = 0
+                continue
+            self.streak += 1
+            self.max_streak = max(self.max_streak, self.streak)
+            if self.first_step < 0:
+                self.first_step = step
+        self.pending.clear()
 
 
 def _channels_last(batch):
