@@ -7,9 +7,10 @@ same precision are trained by
 * ``hand``: a plain PyTorch loop (``torch.autocast`` + one ``GradScaler`` for float16), written
   as a careful engineer would (the idle network's ``requires_grad`` switched off, no logging);
 * ``lightning (bare)``: ``Trainer.fit`` on the suite's LightningModule with progress bar,
-  logger, checkpointing and model summary off; the model logs its terms every step;
-* ``lightning (lean)``: bare, and ``Performance(log_every_step=False)``: terms are logged only
-  at the steps Lightning writes logs (``log_every_n_steps``);
+  logger, checkpointing and model summary off; the model logs its losses every step and every
+  term at the steps Lightning writes logs (the suite's default, ``train_logging="losses"``);
+* ``lightning (lean)``: bare, and ``Performance(train_logging="written")``: nothing is logged
+  between the steps Lightning writes logs (``log_every_n_steps``);
 * ``lightning (default)``: Lightning's defaults (TQDM bar refreshed every step, CSV logger).
 
 All are timed the same way: ``--warmup`` steps excluded, CUDA synchronised before reading the
@@ -293,7 +294,7 @@ def time_lightning(spec, args, batch, memory, variant: str, workdir: Path):
     callbacks = [clock]
     if args.channels_last or variant == "lean":
         callbacks.append(Performance(channels_last=args.channels_last,
-                                     log_every_step=variant != "lean"))
+                                     train_logging="written" if variant == "lean" else "losses"))
     bare = variant in ("bare", "lean")
     trainer = L.Trainer(
         accelerator=args.device, devices=1, precision=args.precision, max_epochs=1,
@@ -334,7 +335,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="untimed steps first (default 1 iteration on CPU, 20 on CUDA)")
     parser.add_argument("--lightning", choices=["bare", "lean", "default", "all"], default="all",
                         help="bare: no progress bar/logger/checkpoints; lean: bare and "
-                             "Performance(log_every_step=False); default: Lightning's defaults")
+                             "Performance(train_logging='written'); default: Lightning's "
+                             "defaults")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default on CPU: 1; several threads on a shared "

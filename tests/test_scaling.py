@@ -20,7 +20,7 @@ from lightning.pytorch.plugins import MixedPrecision
 
 from datamodules import DigitsDataModule
 from lightning_gen.callbacks import Performance
-from lightning_gen.models import DCGAN, VAE, WGANGP, Autoencoder, PixelCNN
+from lightning_gen.models import DCGAN, GAN, VAE, WGANGP, Autoencoder, PixelCNN
 from lightning_gen.models.base import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -324,25 +324,62 @@ def test_compile_and_channels_last_keep_checkpoint_keys(tmp_path):
 
 
 class _Recorder(L.Callback):
-    def __init__(self) -> None:
-        self.values: list[float | None] = []
+    """What ``trainer.callback_metrics`` holds after each batch, for a loss and a detail term."""
+
+    def __init__(self, loss_key: str, detail_key: str) -> None:
+        self.keys = loss_key, detail_key
+        self.loss: list[float | None] = []
+        self.detail: list[float | None] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        value = trainer.callback_metrics.get("train/d_loss")
-        self.values.append(None if value is None else float(value))
+        for key, values in zip(self.keys, (self.loss, self.detail), strict=True):
+            value = trainer.callback_metrics.get(key)
+            values.append(None if value is None else float(value))
 
 
-def test_log_every_step_false_logs_only_at_the_steps_lightning_writes():
-    """With log_every_n_steps=2 the terms are logged at batches 2, 4, 6 (1-based) only: absent
-    after batch 1, then each value held for two batches. Default: a new value every batch."""
-    sparse, dense = _Recorder(), _Recorder()
-    for recorder, every_step in ((sparse, False), (dense, True)):
-        L.seed_everything(0)
-        trainer = tiny_trainer(max_steps=12, log_every_n_steps=2,
-                               callbacks=[recorder, Performance(log_every_step=every_step)])
-        trainer.fit(GANS["dcgan"](), digits())
-    s = sparse.values
-    assert len(s) == 6 and s[0] is None
-    assert s[1] == s[2] and s[3] == s[4] and len({s[1], s[3], s[5]}) == 3
-    assert len(set(dense.values)) == 6
-    assert dense.values[1::2] == s[1::2]  # same training, same values where both logged
+# A GAN (manual optimisation: one batch = one D and one G step) and a VAE (automatic: one batch
+# = one step), each with a loss and a detail term; both trained for 7 batches.
+LOGGING_MODELS = {
+    "gan": (lambda: GAN(SHAPE, latent_dim=8, g_hidden=[16], d_hidden=[16], maxout_pieces=2),
+            "train/d_loss", "train/d_real_prob", 14),
+    "vae": (OTHERS["vae"], "train/loss", "train/kl", 7),
+}
+
+
+def _record(name: str, train_logging: str) -> _Recorder:
+    """log_every_n_steps=2: Lightning writes logs after batches 2, 4, 6 (1-based); batch 7,
+    the last, is not a writing step."""
+    build, loss_key, detail_key, max_steps = LOGGING_MODELS[name]
+    recorder = _Recorder(loss_key, detail_key)
+    L.seed_everything(0)
+    trainer = tiny_trainer(max_steps=max_steps, log_every_n_steps=2,
+                           callbacks=[recorder, Performance(train_logging=train_logging)])
+    trainer.fit(build(), digits())
+    assert len(recorder.loss) == 7
+    return recorder
+
+
+@pytest.mark.parametrize("name", sorted(LOGGING_MODELS))
+def test_train_logging_all_logs_every_term_every_step(name):
+    every = _record(name, "all")
+    assert len(set(every.loss)) == len(set(every.detail)) == 7 and None not in every.detail
+
+
+@pytest.mark.parametrize("name", sorted(LOGGING_MODELS))
+def test_train_logging_losses_logs_losses_every_step_and_details_when_written(name):
+    """The default: a fresh loss after every batch (progress bar); the other terms at the
+    steps Lightning writes (batches 2, 4, 6) and at the last step (batch 7), equal to what
+    "all" logs there."""
+    every, default = _record(name, "all"), _record(name, "losses")
+    assert default.loss == every.loss
+    d = default.detail
+    assert d[0] is None and d[1] == d[2] and d[3] == d[4] and d[5] != d[6]
+    assert [d[i] for i in (1, 3, 5, 6)] == [every.detail[i] for i in (1, 3, 5, 6)]
+
+
+@pytest.mark.parametrize("name", sorted(LOGGING_MODELS))
+def test_train_logging_written_logs_only_at_the_steps_lightning_writes(name):
+    written, every = _record(name, "written"), _record(name, "all")
+    s = written.loss
+    assert s[0] is None and s[1] == s[2] and s[3] == s[4] and len({s[1], s[3], s[5]}) == 3
+    assert every.loss[1::2] == s[1::2]  # same training, same values where both logged

@@ -48,7 +48,7 @@ class Autoencoder(SingleObjectiveModel):
         x = batch[0]
         loss = F.mse_loss(self(x), x)
         if stage == "train":  # averaged over DDP ranks every step
-            self.log_terms({"train/loss": loss}, prog_bar=True)
+            self.log_terms({"train/loss": loss})
         else:
             self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
         return loss

@@ -98,7 +98,7 @@ class Classifier(GenerativeModel):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         self.log_terms({"train/loss": loss, "train/acc": (logits.argmax(1) == y).float().mean()},
-                       prog_bar=True)  # averaged over DDP ranks
+                       losses=["train/loss", "train/acc"])  # averaged over DDP ranks
         return loss
 
     def _eval_step(self, batch, stage: str) -> None:

@@ -226,13 +226,13 @@ class GANBase(GenerativeModel):
                               **getattr(self, "_last_g_terms", {})})
 
     def log_train_terms(self, terms: dict[str, torch.Tensor]) -> None:
-        """Log one training step's terms: in the progress bar, averaged over DDP ranks in one
-        collective (:meth:`log_terms`); and, only at the steps Lightning writes logs, the update
-        counters ``train/d_steps``/``train/g_steps`` (an x-axis for D and G updates; each
-        ``self.log`` costs ~0.2 ms of Python). The counters are CPU tensors, equal on every rank:
-        no host-to-device copy, nothing to reduce."""
-        self.log_terms(terms, prog_bar=True)
-        if self._logs_written_now():
+        """Log one training step's terms through :meth:`log_terms` (``train/d_loss`` and
+        ``train/g_loss`` every step and in the progress bar, the others when written), and, at
+        the steps Lightning writes logs and the last step, the update counters
+        ``train/d_steps``/``train/g_steps`` (an x-axis for D and G updates). The counters are CPU
+        tensors, equal on every rank: no host-to-device copy, nothing to reduce."""
+        self.log_terms(terms, losses=["train/d_loss", "train/g_loss"])
+        if self._logs_written_now() or self._last_step_now():
             self.log_dict({"train/d_steps": torch.tensor(float(self.d_steps)),
                            "train/g_steps": torch.tensor(float(self.g_steps))})
 

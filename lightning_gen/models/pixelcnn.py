@@ -83,7 +83,7 @@ class PixelCNN(ConditionalMixin, SingleObjectiveModel):
         terms = {f"{stage}/nll_bits_per_dim": bits_per_dim,
                  f"{stage}/nll_nats_per_image": nats, f"{stage}/loss": bits_per_dim}
         if stage == "train":  # averaged over DDP ranks, one collective per step
-            self.log_terms(terms, prog_bar=True)
+            self.log_terms(terms, losses=[f"{stage}/loss"])
         else:
             self.log_dict(terms, prog_bar=True, sync_dist=True)
         return bits_per_dim  # the loss: same optimum as nats, a scale independent of image size

@@ -127,7 +127,7 @@ class VAE(SingleObjectiveModel):
         terms = {"loss": loss, "elbo": -(recon + kl), "reconstruction_nll": recon, "kl": kl}
         terms = {f"{stage}/{k}": v for k, v in terms.items()}
         if stage == "train":
-            self.log_terms(terms, prog_bar=True)
+            self.log_terms(terms, losses=[f"{stage}/loss"])
         else:
             self.log_dict(terms, prog_bar=True, sync_dist=True)
         return loss
