@@ -19,12 +19,14 @@ import traceback
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from datamodules.base import DatasetNotFoundError, ImageDataModule
 from lightning_gen.callbacks.images import ImageGridCallback
 from lightning_gen.callbacks.performance import Performance
+from lightning_gen.callbacks.progress import ProgressBar
 from lightning_gen.loggers import WandbLogger
 from lightning_gen.models.base import GenerativeModel, NonFiniteLossError
 from lightning_gen.runs import atomic_write, run_dir
@@ -63,6 +65,17 @@ class LightningGenCLI(LightningCLI):
         # --performance.channels_last / --performance.compile (off by default).
         parser.add_lightning_class_args(Performance, "performance")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+
+    def instantiate_trainer(self, **kwargs):
+        # The suite's progress bar (no host sync per step) unless the config brings its own or
+        # turns the bar off.
+        trainer_config = dict(self._get(self.config_init, "trainer", default={}))
+        callbacks = trainer_config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if ("callbacks" not in kwargs and trainer_config.get("enable_progress_bar") is not False
+                and not any(isinstance(c, ProgressBarBase) for c in callbacks)):
+            kwargs["callbacks"] = [*callbacks, ProgressBar()]
+        return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is not None:

@@ -1,0 +1,58 @@
+"""The progress bar of the suite's runs: Lightning's TQDM bar without a host sync per step."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's :class:`~lightning.pytorch.callbacks.TQDMProgressBar`, reading the logged
+    values it shows at most every ``metrics_interval`` seconds of training.
+
+    Lightning's bar reads ``trainer.progress_bar_metrics`` at every refresh (by default every
+    step), which turns each logged device tensor into a Python number: a host sync that, on a
+    GPU, waits for the step's kernels and keeps Python from queueing the next step's meanwhile.
+    This bar advances its counter every ``refresh_rate`` steps as Lightning's does, but reads the
+    values only when ``metrics_interval`` seconds have passed since it last read them, and always
+    at the end of each training epoch and validation run. The CLI uses it for every run.
+
+    Args:
+        refresh_rate: Steps between updates of the bar (0 hides it), as in Lightning's bar.
+        process_position: Line offset of the bar, as in Lightning's bar.
+        leave: Keep each epoch's bar on screen, as in Lightning's bar.
+        metrics_interval: Seconds between reads of the logged values (0: at every refresh,
+            Lightning's behaviour).
+    """
+
+    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False,
+                 metrics_interval: float = 0.5) -> None:
+        super().__init__(refresh_rate=refresh_rate, process_position=process_position,
+                         leave=leave)
+        if metrics_interval < 0:
+            raise ValueError(f"metrics_interval must be >= 0, got {metrics_interval}")
+        self.metrics_interval = metrics_interval
+        self.metrics_reads = 0
+        self._metrics: dict = {}
+        self._read_at = -math.inf
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        now = time.monotonic()
+        if now - self._read_at >= self.metrics_interval or not self._metrics:
+            self._metrics = super().get_metrics(trainer, pl_module)
+            self._read_at = now
+            self.metrics_reads += 1
+        return self._metrics
+
+    def _read_now(self) -> None:
+        self._read_at = -math.inf
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._read_now()  # the epoch's final values
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._read_now()  # the validation results
+        super().on_validation_end(trainer, pl_module)
