@@ -153,3 +153,18 @@ def test_log_images_gives_samples_and_completion_triplets():
     images = model.log_images((x, torch.zeros(3, dtype=torch.long)))
     assert images["samples"].shape == (2, 1, 4, 4)
     assert images["completions"].shape == (6, 1, 4, 4)  # original, upper half, completion
+
+
+def test_long_sampling_shows_progress_unless_the_run_turned_progress_bars_off(capsys,
+                                                                             monkeypatch):
+    from types import SimpleNamespace
+
+    model = PixelCNN(image_shape=(1, 8, 8), hidden=6, n_layers=1, num_fixed_samples=0)
+    monkeypatch.setattr(PixelCNN, "progress_min_passes", 64)  # 8x8 = 64 passes
+    model.sample(2)
+    assert "PixelCNN sampling" in capsys.readouterr().err
+    model.complete(torch.zeros(2, 1, 8, 8))  # 32 passes: below the threshold
+    assert "PixelCNN sampling" not in capsys.readouterr().err
+    model._trainer = SimpleNamespace(progress_bar_callback=None, global_rank=0)
+    model.sample(2)
+    assert "PixelCNN sampling" not in capsys.readouterr().err

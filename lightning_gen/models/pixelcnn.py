@@ -6,6 +6,7 @@ import math
 from typing import Literal
 
 import torch
+from tqdm.auto import tqdm
 
 from lightning_gen.losses import categorical_nll, discretize
 from lightning_gen.models.base import SingleObjectiveModel
@@ -89,18 +90,27 @@ class PixelCNN(ConditionalMixin, SingleObjectiveModel):
         return bits_per_dim  # the loss: same optimum as nats, a scale independent of image size
 
     # ------------------------------------------------------------------------------------------
+    #: Fills of at least this many network passes show a progress bar.
+    progress_min_passes: int = 1024
+
     @torch.no_grad()
     def _fill(self, x: torch.Tensor, labels: torch.Tensor | None, start_row: int,
               temperature: float = 1.0) -> torch.Tensor:
         """Sample every sub-pixel from row ``start_row`` on, in raster and channel order."""
         x = x.clone()
         _, channels, height, width = x.shape
-        for row in range(start_row, height):
-            for col in range(width):
-                for c in range(channels):
-                    logits = self(x, labels)[:, :, c, row, col] / temperature  # (B, L)
-                    level = torch.multinomial(torch.softmax(logits.float(), dim=1), 1)[:, 0]
-                    x[:, c, row, col] = self._to_image(level)
+        positions = [(row, col, c) for row in range(start_row, height) for col in range(width)
+                     for c in range(channels)]
+        # One network pass per sub-pixel (3,072 for a CIFAR-10 image): minutes on a CPU, so
+        # show progress on long fills, on rank 0, unless the run's progress bar is off.
+        trainer = self._trainer
+        quiet = (len(positions) < self.progress_min_passes or self.global_rank != 0
+                 or (trainer is not None and trainer.progress_bar_callback is None))
+        for row, col, c in tqdm(positions, desc="PixelCNN sampling", unit="pass", leave=False,
+                                disable=quiet):
+            logits = self(x, labels)[:, :, c, row, col] / temperature  # (B, L)
+            level = torch.multinomial(torch.softmax(logits.float(), dim=1), 1)[:, 0]
+            x[:, c, row, col] = self._to_image(level)
         return x
 
     @torch.no_grad()
