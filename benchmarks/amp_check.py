@@ -3,6 +3,8 @@ hundred optimizer steps under ``--trainer.precision P``, must keep every logged 
 
     python benchmarks/amp_check.py --precision 16-mixed            # GPU: every experiment
     python benchmarks/amp_check.py --precision bf16-mixed --steps 4 --experiments dcgan_mnist
+    python benchmarks/amp_check.py --precision 32-true --strategy ddp --devices 2 --steps 4 \
+        --accelerator cpu                                         # every experiment under DDP
 
 Each experiment keeps its model (architecture, losses, optimizers, n_critic, EMA) and trains on
 scikit-learn's digits resized to its image size (one channel; no download, so it runs on an
@@ -133,7 +135,7 @@ def fit(name: str, precision: str, args, workdir: Path) -> dict:
            f"--config={EXPERIMENTS / name}.yaml", *data,
            f"--trainer.precision={precision}", f"--trainer.max_steps={args.steps}",
            "--trainer.max_epochs=-1", f"--trainer.accelerator={args.accelerator}",
-           "--trainer.devices=1",
+           f"--trainer.devices={args.devices}", f"--trainer.strategy={args.strategy}",
            f"--trainer.log_every_n_steps={max(1, min(10, args.steps // 3))}",
            "--trainer.limit_val_batches=2", "--trainer.callbacks=[]",
            "--trainer.enable_progress_bar=false",
@@ -171,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps (D and G count)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="processes (with --strategy ddp: a DDP check of every experiment)")
+    parser.add_argument("--strategy", default="auto", help='e.g. "ddp"')
     parser.add_argument("--experiments", default=None,
                         help="comma-separated YAML names (default: all but quickstart)")
     parser.add_argument("--mnist_dir", default=None,
@@ -189,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="amp-check-"))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"# {device}; torch {torch.__version__}; {args.steps} optimizer steps, batch "
-          f"{args.batch_size}; runs in {workdir}")
+          f"{args.batch_size} per process; {args.devices} process(es), strategy "
+          f"{args.strategy}; runs in {workdir}")
     print("| experiment | precision | exit | steps | s | non-finite logged values | last losses "
           "| loss scale |\n| --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
     failures = 0
