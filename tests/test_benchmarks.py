@@ -117,3 +117,30 @@ def test_amp_check_reads_training_files_from_mnist_test_files(tmp_path):
     assert (raw / "t10k-images-idx3-ubyte").read_bytes() == images
     assert (raw / "train-labels-idx1-ubyte").read_bytes() == (
         source / "t10k-labels-idx1-ubyte").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("part, tables", [
+    ("throughput", ["throughput-bf16-mixed.md", "throughput-bf16-mixed-channels-last.md",
+                    "metrics.md"]),
+    ("amp", ["amp.md"]),
+])
+def test_gpu_session_script_runs_its_steps_in_dry_run_mode(part, tables, tmp_path):
+    """The script a GPU session runs, at toy sizes on the CPU: it exits 0 and writes its
+    tables (a broken script would waste scarce GPU minutes)."""
+    import os
+    import subprocess
+
+    out = tmp_path / "out"
+    env = {**os.environ, "GPU_SESSION_DRY_RUN": "1", "PYTHON": sys.executable,
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", "benchmarks/gpu_session.sh", part, str(out)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "torch" in (out / "env.txt").read_text()
+    for name in tables:
+        text = (out / name).read_text()
+        assert "ratio" in text or "0 of 2 experiments failed" in text, text
+    if part == "throughput":
+        rows = table_rows((out / "throughput-bf16-mixed.md").read_text())
+        assert {r[0] for r in rows} == {"dcgan", "wgan_gp", "vae", "pixelcnn"}
