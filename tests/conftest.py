@@ -25,7 +25,13 @@ def _isolate_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / ".wandb-config"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / ".wandb-cache"))
+    # Lightning's launchers write MASTER_PORT (and more) into os.environ; a port left there by
+    # one test's ddp_spawn fit was inherited by a later DDP subprocess, which then sometimes
+    # found it still in use. Every test starts and ends with the environment it found.
+    saved = dict(os.environ)
     yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture

@@ -63,7 +63,10 @@ def test_ddp_two_cpu_processes_keep_generators_identical(name, tmp_path):
     """Plain `strategy="ddp"` on 2 gloo processes: exits 0, both ranks end with bit-identical
     generator parameters after the same number of steps, saw different data, logged the same
     (rank-averaged) losses."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items()  # a fresh rendezvous: Lightning picks a port
+           if k not in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK",
+                        "NODE_RANK")}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "tests.ddp_fit", "--model", name, "--out", str(tmp_path),
          "--steps", "6"],
