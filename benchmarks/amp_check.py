@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", action="store_true",
                         help="fit failing experiments again in 32-true")
     parser.add_argument("--workdir", default=None, help="keep runs here (default: a temp dir)")
+    parser.add_argument("--jobs", type=int, default=1, help="fits run at the same time")
     args = parser.parse_args(argv)
 
     names = ([n.strip() for n in args.experiments.split(",") if n.strip()] if args.experiments
@@ -199,13 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     print("| experiment | precision | exit | steps | s | non-finite logged values | last losses "
           "| loss scale |\n| --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
     failures = 0
-    for name in names:
-        result = fit(name, args.precision, args, workdir)
-        print(row(name, args.precision, result), flush=True)
-        failed = not result.get("skipped") and (result["exit"] != 0 or result["bad"] > 0)
-        failures += failed
-        if failed and args.compare and args.precision != "32-true":
-            print(row(name, "32-true", fit(name, "32-true", args, workdir)), flush=True)
+    # Several fits at once share one GPU well (small models); rows print in the given order.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = pool.map(lambda n: fit(n, args.precision, args, workdir), names)
+        for name, result in zip(names, results, strict=True):
+            print(row(name, args.precision, result), flush=True)
+            failed = not result.get("skipped") and (result["exit"] != 0 or result["bad"] > 0)
+            failures += failed
+            if failed and args.compare and args.precision != "32-true":
+                print(row(name, "32-true", fit(name, "32-true", args, workdir)), flush=True)
     print(f"\n{failures} of {len(names)} experiments failed under {args.precision}")
     return 1 if failures else 0
 
