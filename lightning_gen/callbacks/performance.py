@@ -1,7 +1,7 @@
 """Opt-in speed options that change no result and no checkpoint: ``channels_last`` memory
 format, ``torch.compile`` of the networks, and how many training terms are logged per step.
 
-The CLI adds it to every run as ``--performance.*`` (both off by default)::
+The CLI adds it to every run as ``--performance.*`` (channels_last and compile off by default)::
 
     lightning-gen fit --config experiments/dcgan_cifar10.yaml --trainer.precision bf16-mixed \\
         --performance.channels_last true --performance.compile true
@@ -17,7 +17,8 @@ from torch import nn
 
 
 class Performance(Callback):
-    """Convert the model to ``torch.channels_last`` and/or compile its networks.
+    """Convert the model to ``torch.channels_last``, compile its networks, and choose how many
+    training terms the model logs per step.
 
     Compilation uses ``nn.Module.compile()``, which compiles each network's ``forward`` in place:
     parameter names, and so ``state_dict`` keys and checkpoints, stay as they are (no
