@@ -150,11 +150,12 @@ class GenerativeModel(L.LightningModule):
         connector = getattr(trainer, "_logger_connector", None)
         return connector is None or bool(connector.should_update_logs or trainer.fast_dev_run)
 
-    def _last_step_now(self) -> bool:
-        """Whether this training step is the last of an epoch or of the fit (``max_steps``), so
-        ``trainer.callback_metrics`` holds every term when training stops."""
+    def log_every_term_now(self) -> bool:
+        """Whether this training step logs every term: Lightning writes logs now, or it is the
+        last step of an epoch or of the fit (``max_steps``), so ``trainer.callback_metrics``
+        holds every term when training stops."""
         trainer = self._trainer
-        if trainer is None or not trainer.training:
+        if trainer is None or not trainer.training or self._logs_written_now():
             return True
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return True
@@ -174,7 +175,7 @@ class GenerativeModel(L.LightningModule):
         ranks in one collective (``sync_dist=True`` would all-reduce each value separately).
         """
         losses = set(losses)
-        if self.train_logging == "all" or self._logs_written_now() or self._last_step_now():
+        if self.train_logging == "all" or self.log_every_term_now():
             chosen = terms
         elif self.train_logging == "losses":
             chosen = {k: v for k, v in terms.items() if k in losses}

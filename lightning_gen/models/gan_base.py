@@ -232,7 +232,7 @@ class GANBase(GenerativeModel):
         ``train/d_steps``/``train/g_steps`` (an x-axis for D and G updates). The counters are CPU
         tensors, equal on every rank: no host-to-device copy, nothing to reduce."""
         self.log_terms(terms, losses=["train/d_loss", "train/g_loss"])
-        if self._logs_written_now() or self._last_step_now():
+        if self.log_every_term_now():
             self.log_dict({"train/d_steps": torch.tensor(float(self.d_steps)),
                            "train/g_steps": torch.tensor(float(self.g_steps))})
 
