@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -15,6 +16,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 os.environ.setdefault("WANDB_INIT_TIMEOUT", "60")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_gen")
 
 
 @pytest.fixture(autouse=True)
@@ -29,9 +31,16 @@ def _isolate_runs(tmp_path, monkeypatch):
     # one test's ddp_spawn fit was inherited by a later DDP subprocess, which then sometimes
     # found it still in use. Every test starts and ends with the environment it found.
     saved = dict(os.environ)
+    # Scripts run in-process (benchmarks' main()) quiet Lightning's loggers and set torch's
+    # thread count for themselves; later tests get them back as they were.
+    threads = torch.get_num_threads()
+    levels = {name: logging.getLogger(name).level for name in LOGGERS}
     yield
     os.environ.clear()
     os.environ.update(saved)
+    torch.set_num_threads(threads)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture
