@@ -21,13 +21,14 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from datamodules.base import DatasetNotFoundError, ImageDataModule
 from lightning_gen.callbacks.images import ImageGridCallback
 from lightning_gen.callbacks.performance import Performance
 from lightning_gen.callbacks.progress import ProgressBar
-from lightning_gen.loggers import WandbLogger
+from lightning_gen.loggers import WandbLogger, slurm_job_step, slurm_restarts
 from lightning_gen.models.base import GenerativeModel, NonFiniteLossError
 from lightning_gen.runs import atomic_write, run_dir
 
@@ -75,6 +76,14 @@ class LightningGenCLI(LightningCLI):
         if ("callbacks" not in kwargs and trainer_config.get("enable_progress_bar") is not False
                 and not any(isinstance(c, ProgressBarBase) for c in callbacks)):
             kwargs["callbacks"] = [*callbacks, ProgressBar()]
+        # Lightning's own files of a run (the checkpoint it writes when SLURM signals a
+        # preemption, hpc_ckpt_N.ckpt, and looks for after a requeue; lr-finder scratch files)
+        # go into the run folder too, not into the working directory where the next job would
+        # find them.
+        if trainer_config.get("default_root_dir") is None and "default_root_dir" not in kwargs:
+            folder = _logger_dir(trainer_config.get("logger"))
+            if folder is not None:
+                kwargs["default_root_dir"] = folder
         return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:
@@ -106,6 +115,10 @@ class LightningGenCLI(LightningCLI):
     def _check_fit(self) -> None:
         self._check_data()
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path is None:
+            ckpt_path = _requeued_checkpoint(self.trainer)
+            if ckpt_path is not None:
+                self.config_init[self.subcommand]["ckpt_path"] = ckpt_path
         if ckpt_path and Path(ckpt_path).is_file() and isinstance(self.model, GenerativeModel):
             import torch
 
@@ -165,6 +178,35 @@ def _resume_latest_run(config) -> None:
             f"'{root}'. Start one without --ckpt_path, or pass the checkpoint's path."
         )
     args["version"] = runs[-1].parent.parent.name
+
+
+def _logger_dir(logger) -> str | None:
+    """The run folder the configured logger(s) will write to, if any."""
+    first = logger[0] if isinstance(logger, (list, tuple)) and logger else logger
+    if not isinstance(first, Logger):
+        return None
+    return getattr(first, "log_dir", None)
+
+
+def _requeued_checkpoint(trainer) -> str | None:
+    """In a SLURM job that was requeued (preempted, or a node failed), the checkpoint to go on
+    from: the newest of the run folder's ``hpc_ckpt_N.ckpt`` (Lightning writes one when SLURM
+    sends the requeue signal, ``#SBATCH --signal=SIGUSR1@90``) and ``checkpoints/last.ckpt``.
+    The run folder is the job's own (``<name>-slurm<job>.<step>``, see
+    :func:`lightning_gen.loggers.slurm_version`); ``None`` outside such a job or before any
+    checkpoint exists, and the run starts from scratch."""
+    if slurm_restarts() == 0 or slurm_job_step() is None:
+        return None
+    folder = Path(trainer.default_root_dir)
+    candidates = [*folder.glob("hpc_ckpt_*.ckpt"), run_dir(trainer) / "checkpoints/last.ckpt"]
+    found = [p for p in candidates if p.is_file()]
+    if not found:
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    if trainer.is_global_zero:
+        print(f"lightning-gen: SLURM job {slurm_job_step()} was requeued ({slurm_restarts()}x): "
+              f"continuing from {newest}", file=sys.stderr, flush=True)
+    return str(newest)
 
 
 def default_logger() -> dict:

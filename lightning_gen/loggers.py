@@ -8,6 +8,7 @@ import secrets
 import time
 from pathlib import Path
 
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
@@ -44,6 +45,53 @@ def make_version(name: str | None) -> str:
     return f"{name or 'run'}-{stamp}-{secrets.token_hex(2)}"
 
 
+def slurm_job_step() -> str | None:
+    """``<job>[_<array task>][.<step>]`` of the SLURM job this process runs in, else ``None``.
+
+    ``None`` also where Lightning does not treat the process as a SLURM task (no
+    ``SLURM_NTASKS``, or an interactive job named ``bash``/``interactive``), so the run id
+    follows Lightning's choice of cluster environment. A requeued job keeps its job id, and
+    its steps are numbered from 0 again.
+    """
+    if not SLURMEnvironment.detect():
+        return None
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    step = os.environ.get("SLURM_STEP_ID")
+    return f"{job}.{step}" if step else job
+
+
+def slurm_restarts() -> int:
+    """How often SLURM has requeued this job (``SLURM_RESTART_COUNT``; 0 on its first run)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        return 0
+
+
+def slurm_version(name: str | None, runs_dir: str | os.PathLike) -> str | None:
+    """The run id of a SLURM task: ``<name>-slurm<job>[_<task>][.<step>]``, else ``None``.
+
+    The same on every rank (all tasks of a multi-node job write to one folder) and after a
+    requeue, so a preempted job continues in its own run folder (see the CLI's resume). A job
+    that was *not* requeued never reuses an existing folder: if ``runs_dir`` already holds one of
+    that name (a recycled job id), the first free ``-2``, ``-3``, ... suffix is used.
+    """
+    job_step = slurm_job_step()
+    if job_step is None:
+        return None
+    base = f"{name or 'run'}-slurm{job_step}"
+    if slurm_restarts() > 0:
+        return base
+    version, n = base, 1
+    while (Path(runs_dir) / version).exists():
+        n += 1
+        version = f"{base}-{n}"
+    return version
+
+
 class WandbLogger(_LightningWandbLogger):
     """Lightning's W&B logger with a per-run folder and no login prompt.
 
@@ -55,7 +103,9 @@ class WandbLogger(_LightningWandbLogger):
         name: Run name (the experiment's name); also the prefix of ``version``.
         save_dir: Root folder of all runs.
         project: W&B project; also the folder below ``save_dir``.
-        version: Run id; give an existing one to continue a run in its folder.
+        version: Run id; give an existing one to continue a run in its folder. Default:
+            ``<name>-<date>-<time>-<random>``; in a SLURM job ``<name>-slurm<job>.<step>``, the
+            same on every rank and after a requeue (:func:`slurm_version`).
         offline: ``None``: online if logged in (``WANDB_API_KEY`` or ``wandb login``),
             offline otherwise, unless ``WANDB_MODE`` says which.
         log_model: Upload checkpoints as W&B artifacts (online only).
@@ -77,7 +127,7 @@ class WandbLogger(_LightningWandbLogger):
         entity: str | None = None,
     ) -> None:
         offline = resolve_offline(offline)
-        version = version or make_version(name)
+        version = version or slurm_version(name, Path(save_dir) / project) or make_version(name)
         extra = {k: v for k, v in {"tags": tags, "group": group, "entity": entity}.items() if v}
         super().__init__(
             name=name, save_dir=save_dir, version=version, offline=offline, project=project,
