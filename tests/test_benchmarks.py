@@ -9,6 +9,7 @@ import importlib.util
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -87,6 +88,16 @@ def test_amp_check_fits_an_experiment_through_the_cli_and_reports_it(capsys, tmp
     assert "d_loss" in losses and "g_loss" in losses
     assert vae[0] == "vae_mnist" and vae[2] == "0" and "loss" in vae[6]
     assert "0 of 2 experiments failed" in out
+
+
+def test_amp_check_drops_pixelcnn_sample_grids_on_the_cpu_only():
+    amp_check = load("amp_check")
+    off = ["--model.init_args.num_fixed_samples=0"]
+    cpu, cuda = SimpleNamespace(accelerator="cpu"), SimpleNamespace(accelerator="cuda")
+    assert amp_check.model_overrides("pixelcnn_cifar10", cpu) == off
+    assert amp_check.model_overrides("gated_pixelcnn_cifar10", cpu) == off
+    assert amp_check.model_overrides("pixelcnn_cifar10", cuda) == []
+    assert amp_check.model_overrides("dcgan_cifar10", cpu) == []
 
 
 def test_amp_check_counts_non_finite_logged_values(tmp_path):
