@@ -74,14 +74,14 @@ def wait_all(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
 # Multi-node: the README's torchrun and SLURM commands, two nodes of one process each
 @pytest.mark.slow
 def test_torchrun_two_nodes_train_into_one_run_folder():
-    port = free_port()
+    port = str(free_port())
     procs = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-         "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
+         "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", port,
          "-m", "lightning_gen.cli", "fit", *TINY, "--trainer.max_steps", "4",
          "--trainer.strategy", "ddp", "--trainer.num_nodes", "2", "--trainer.devices", "1"],
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for _ in range(2)]
+        for node in (0, 1)]
     results = wait_all(procs)
     for code, out in results:
         assert code == 0, out[-3000:]
