@@ -18,6 +18,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from lightning.fabric.plugins.environments import LightningEnvironment
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -84,7 +86,9 @@ class LightningGenCLI(LightningCLI):
             folder = _logger_dir(trainer_config.get("logger"))
             if folder is not None:
                 kwargs["default_root_dir"] = folder
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        _check_launch(trainer)
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is not None:
@@ -180,6 +184,18 @@ def _resume_latest_run(config) -> None:
     args["version"] = runs[-1].parent.parent.name
 
 
+def _check_launch(trainer) -> None:
+    """``--trainer.num_nodes N`` (N > 1) started without a launcher would wait for the other
+    nodes until the process group times out (30 minutes), silently; say so instead."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if (trainer.num_nodes > 1 and type(environment) is LightningEnvironment
+            and "MASTER_ADDR" not in os.environ):
+        raise ValueError(
+            f"--trainer.num_nodes {trainer.num_nodes} needs a process on every node: start the "
+            "command with torchrun or srun on each (README, 'Multi-node'), or set MASTER_ADDR, "
+            "MASTER_PORT and NODE_RANK on each node yourself")
+
+
 def _logger_dir(logger) -> str | None:
     """The run folder the configured logger(s) will write to, if any."""
     first = logger[0] if isinstance(logger, (list, tuple)) and logger else logger
@@ -233,9 +249,11 @@ def main(args: list[str] | None = None) -> None:
             parser_kwargs={"description": DESCRIPTION},
             args=args,
         )
-    except (DatasetNotFoundError, FileNotFoundError, ValueError) as err:
-        # Errors a user can cause (missing data, shapes that do not fit, bad values): one
-        # message, no traceback, unless LIGHTNING_GEN_DEBUG=1.
+    except (DatasetNotFoundError, FileNotFoundError, ValueError,
+            MisconfigurationException) as err:
+        # Errors a user can cause (missing data, shapes that do not fit, bad values, trainer
+        # flags this machine cannot honour): one message, no traceback, unless
+        # LIGHTNING_GEN_DEBUG=1.
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()
         print(f"lightning-gen: error: {err}", file=sys.stderr)

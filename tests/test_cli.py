@@ -223,3 +223,34 @@ def test_a_subcommand_without_its_step_is_a_one_line_error(command, step, capsys
     err = capsys.readouterr().err
     assert info.value.code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(f"lightning-gen: error: DCGAN defines no {step}()")
+
+
+def test_trainer_flags_the_machine_cannot_honour_are_one_line(capsys):
+    # Lightning raises MisconfigurationException for these (no GPU for --trainer.accelerator
+    # gpu, more devices than the machine has); devices 0 is refused on every machine.
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"),
+              "--trainer.accelerator", "cpu", "--trainer.devices", "0", *FAST])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("lightning-gen: error: `Trainer(devices='0')`")
+    assert not Path("runs").exists()
+
+
+# A regression would hang inside the process group's C++ rendezvous, which the default
+# (signal) timeout cannot interrupt; the thread method ends the test run loudly instead.
+@pytest.mark.timeout(120, method="thread")
+def test_num_nodes_without_a_launcher_is_an_error_not_a_hang(capsys, monkeypatch):
+    # Rank 0 of a 2-node world would otherwise wait for node 1 until the 30-minute timeout.
+    for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_"))]:
+        monkeypatch.delenv(key)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"),
+              "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp",
+              "--trainer.num_nodes", "2", "--trainer.devices", "1", *FAST])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert "--trainer.num_nodes 2 needs a process on every node" in err
+    assert not Path("runs").exists()
