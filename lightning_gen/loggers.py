@@ -50,8 +50,9 @@ def slurm_job_step() -> str | None:
 
     ``None`` also where Lightning does not treat the process as a SLURM task (no
     ``SLURM_NTASKS``, or an interactive job named ``bash``/``interactive``), so the run id
-    follows Lightning's choice of cluster environment. A requeued job keeps its job id, and
-    its steps are numbered from 0 again.
+    follows Lightning's choice of cluster environment. A requeued job keeps its job id; that
+    its steps are numbered from 0 again is assumed (``sacct --duplicates`` lists such repeated
+    job.step records), not checked on a cluster here.
     """
     if not SLURMEnvironment.detect():
         return None
@@ -77,19 +78,21 @@ def slurm_version(name: str | None, runs_dir: str | os.PathLike) -> str | None:
     The same on every rank (all tasks of a multi-node job write to one folder) and after a
     requeue, so a preempted job continues in its own run folder (see the CLI's resume). A job
     that was *not* requeued never reuses an existing folder: if ``runs_dir`` already holds one of
-    that name (a recycled job id), the first free ``-2``, ``-3``, ... suffix is used.
+    that name (a recycled job id), the first free ``-2``, ``-3``, ... suffix is used; a requeued
+    job takes the newest of them, the one its first run created.
     """
     job_step = slurm_job_step()
     if job_step is None:
         return None
     base = f"{name or 'run'}-slurm{job_step}"
-    if slurm_restarts() > 0:
-        return base
-    version, n = base, 1
-    while (Path(runs_dir) / version).exists():
-        n += 1
-        version = f"{base}-{n}"
-    return version
+
+    def numbered(n: int) -> str:
+        return base if n == 1 else f"{base}-{n}"
+
+    free = 1
+    while (Path(runs_dir) / numbered(free)).exists():
+        free += 1
+    return numbered(max(free - 1, 1)) if slurm_restarts() > 0 else numbered(free)
 
 
 class WandbLogger(_LightningWandbLogger):

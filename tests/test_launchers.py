@@ -203,12 +203,25 @@ def test_no_slurm_run_id_outside_a_slurm_task(monkeypatch, tmp_path):
     assert slurm_version("dcgan", tmp_path) is None
 
 
-def test_a_recycled_job_id_gets_a_new_folder_and_a_requeued_job_its_own(monkeypatch, tmp_path):
+def test_a_requeued_job_gets_its_own_folder_back(monkeypatch, tmp_path):
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     for key, value in slurm_vars(job="900").items():
         monkeypatch.setenv(key, value)
-    (tmp_path / "dcgan-slurm900.0").mkdir()
+    first = slurm_version("dcgan", tmp_path)
+    assert first == "dcgan-slurm900.0"
+    (tmp_path / first).mkdir()  # the run starts
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert slurm_version("dcgan", tmp_path) == first
+
+
+def test_a_recycled_job_id_gets_a_new_folder_and_keeps_it_when_requeued(monkeypatch, tmp_path):
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    for key, value in slurm_vars(job="900").items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "dcgan-slurm900.0").mkdir()  # runs of earlier jobs that had this id
     (tmp_path / "dcgan-slurm900.0-2").mkdir()
-    assert slurm_version("dcgan", tmp_path) == "dcgan-slurm900.0-3"
+    first = slurm_version("dcgan", tmp_path)
+    assert first == "dcgan-slurm900.0-3"
+    (tmp_path / first).mkdir()
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
-    assert slurm_version("dcgan", tmp_path) == "dcgan-slurm900.0"
+    assert slurm_version("dcgan", tmp_path) == first
