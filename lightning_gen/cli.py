@@ -23,7 +23,6 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from datamodules.base import DatasetNotFoundError, ImageDataModule
@@ -32,7 +31,7 @@ from lightning_gen.callbacks.performance import Performance
 from lightning_gen.callbacks.progress import ProgressBar
 from lightning_gen.loggers import WandbLogger, slurm_job_step, slurm_restarts
 from lightning_gen.models.base import GenerativeModel, NonFiniteLossError
-from lightning_gen.runs import atomic_write, run_dir
+from lightning_gen.runs import atomic_write, logger_dir, run_dir
 
 DEBUG_ENV = "LIGHTNING_GEN_DEBUG"
 DESCRIPTION = (
@@ -83,9 +82,9 @@ class LightningGenCLI(LightningCLI):
         # go into the run folder too, not into the working directory where the next job would
         # find them.
         if trainer_config.get("default_root_dir") is None and "default_root_dir" not in kwargs:
-            folder = _logger_dir(trainer_config.get("logger"))
+            folder = logger_dir(trainer_config.get("logger"))
             if folder is not None:
-                kwargs["default_root_dir"] = folder
+                kwargs["default_root_dir"] = str(folder)
         trainer = super().instantiate_trainer(**kwargs)
         _check_launch(trainer)
         return trainer
@@ -196,14 +195,6 @@ def _check_launch(trainer) -> None:
             "MASTER_PORT and NODE_RANK on each node yourself")
 
 
-def _logger_dir(logger) -> str | None:
-    """The run folder the configured logger(s) will write to, if any."""
-    first = logger[0] if isinstance(logger, (list, tuple)) and logger else logger
-    if not isinstance(first, Logger):
-        return None
-    return getattr(first, "log_dir", None)
-
-
 def _requeued_checkpoint(trainer) -> str | None:
     """In a SLURM job that was requeued (preempted, or a node failed), the checkpoint to go on
     from: the newest of the run folder's ``hpc_ckpt_N.ckpt`` (Lightning writes one when SLURM
@@ -211,7 +202,8 @@ def _requeued_checkpoint(trainer) -> str | None:
     The run folder is the job's own (``<name>-slurm<job>.<step>``, see
     :func:`lightning_gen.loggers.slurm_version`); ``None`` outside such a job or before any
     checkpoint exists, and the run starts from scratch."""
-    if slurm_restarts() == 0 or slurm_job_step() is None:
+    restarts, job_step = slurm_restarts(), slurm_job_step()
+    if restarts == 0 or job_step is None:
         return None
     folder = Path(trainer.default_root_dir)
     candidates = [*folder.glob("hpc_ckpt_*.ckpt"), run_dir(trainer) / "checkpoints/last.ckpt"]
@@ -220,7 +212,7 @@ def _requeued_checkpoint(trainer) -> str | None:
         return None
     newest = max(found, key=lambda p: p.stat().st_mtime)
     if trainer.is_global_zero:
-        print(f"lightning-gen: SLURM job {slurm_job_step()} was requeued ({slurm_restarts()}x): "
+        print(f"lightning-gen: SLURM job {job_step} was requeued ({restarts}x): "
               f"continuing from {newest}", file=sys.stderr, flush=True)
     return str(newest)
 

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from lightning import Trainer
+from lightning.pytorch.loggers import Logger
+
+
+def logger_dir(logger: Logger | Iterable[Logger] | bool | None) -> Path | None:
+    """The folder the (first) logger writes to, its ``log_dir`` (W&B, CSV, TensorBoard), if
+    any. Takes a logger, a list of them, or Trainer's ``logger`` argument (``True``/``False``/
+    ``None``: no folder yet)."""
+    if isinstance(logger, (list, tuple)):
+        logger = logger[0] if logger else None
+    log_dir = getattr(logger, "log_dir", None) if isinstance(logger, Logger) else None
+    return Path(log_dir) if log_dir else None
 
 
 def run_dir(trainer: Trainer) -> Path:
-    """The run's folder: the first logger's ``log_dir`` (W&B, CSV, TensorBoard), else
-    ``trainer.default_root_dir``."""
-    for logger in trainer.loggers[:1]:
-        log_dir = getattr(logger, "log_dir", None)
-        if log_dir:
-            return Path(log_dir)
-    return Path(trainer.default_root_dir)
+    """The run's folder: the first logger's ``log_dir``, else ``trainer.default_root_dir``."""
+    return logger_dir(trainer.loggers) or Path(trainer.default_root_dir)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
