@@ -258,6 +258,9 @@ class RunRecorder:
         if settings is None:
             self._note(f"W&B:         not used by {run}")
             return
+        if os.environ.get("WANDB_MODE", "").lower() == "disabled":
+            self._note("W&B:         disabled (WANDB_MODE=disabled)")
+            return
         import wandb
 
         from lightning_gen.loggers import resolve_offline
@@ -292,7 +295,7 @@ class RunRecorder:
             for key, value in latest["metrics"].items():
                 wb.summary[f"eval/{self.protocol}/{key}"] = value
             wb.summary[f"eval/{self.protocol}/step"] = latest.get("step")
-        offline = wb.settings._offline
+        offline = wb.offline
         url = None if offline else getattr(wb, "url", None)
         wb.finish()
         if offline:
