@@ -3,6 +3,7 @@
     lightning-gen evaluate --ckpt_path runs/lightning-gen/dcgan-.../checkpoints/last.ckpt
     lightning-gen evaluate --ckpt_path CKPT --num_samples 2000 --reference test \\
         --feature_extractor classifier:runs/lightning-gen/evaluator_mnist-.../checkpoints/last.ckpt
+    lightning-gen evaluate --ckpt_path runs/lightning-gen/dcgan-.../  # every checkpoint, by step
     lightning-gen sample --ckpt_path CKPT --num_samples 50000 --out samples/ --npz true
 
 The model is rebuilt from the checkpoint (its hyperparameters and class are stored in it); the
@@ -28,7 +29,15 @@ from PIL import Image
 from torchmetrics import MeanMetric
 from tqdm.auto import tqdm
 
-from lightning_gen.metrics.evaluator import GenerativeEvaluator, is_conditional, load_split
+from lightning_gen.eval_records import (
+    RunRecorder,
+    SweepEvaluator,
+    checkpoints_table,
+    find_checkpoints,
+    protocol_name,
+    summary_line,
+)
+from lightning_gen.metrics.evaluator import is_conditional, load_split
 from lightning_gen.metrics.extractors import build_extractor, to_uint8
 from lightning_gen.models.base import GenerativeModel
 from lightning_gen.runs import atomic_write
@@ -209,7 +218,14 @@ def evaluate(
     """Evaluate a checkpoint the way papers do: FID, IS, KID, precision/recall (+ ELBO/IWAE).
 
     Args:
-        ckpt_path: Checkpoint written by ``lightning-gen fit``.
+        ckpt_path: Checkpoint written by ``lightning-gen fit``; or a run folder (every
+            ``checkpoints/*.ckpt`` of it) or a quoted glob (``'RUN/checkpoints/epoch*.ckpt'``):
+            every checkpoint in the order of its stored ``global_step``, one of those at the
+            same step (a named snapshot rather than ``last.ckpt``), one JSON each
+            (``<run>/eval/<extractor>_<reference>_<num_samples>_<checkpoint>.json``). Each
+            evaluation of a checkpoint in a run folder is appended to
+            ``<run>/eval/results.jsonl`` and, if the run used W&B, sent to its W&B run as
+            ``eval/<protocol>/<metric>``.
         run_config: A run config (or experiment YAML) whose ``data`` and ``model`` sections to
             use; the checkpoint must match its model. Default: the run's ``config.yaml`` for the
             data, the checkpoint's hyperparameters for the model. (``--config`` is jsonargparse's
@@ -221,7 +237,8 @@ def evaluate(
         weights_path: Local Inception-v3 weights (offline clusters); default: download once.
         batch_size: Samples per batch; with ``seed`` it fixes which images are drawn.
         seed: Base seed (batch ``b`` uses ``seed + b``).
-        out: JSON path; default ``<run>/eval/<extractor>_<reference>_<num_samples>.json``.
+        out: JSON path (one checkpoint only); default
+            ``<run>/eval/<extractor>_<reference>_<num_samples>.json``.
         cache_dir: Reference-feature cache; default ``$LIGHTNING_GEN_CACHE`` or
             ``~/.cache/lightning-gen/reference``.
         data_dir: Override the DataModule's ``data_dir``.
@@ -235,13 +252,58 @@ def evaluate(
     """
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2, got {num_samples}")
+    checkpoints = find_checkpoints(ckpt_path)
+    single = len(checkpoints) == 1
+    if out is not None and not single:
+        raise ValueError(f"--out names one JSON but {ckpt_path} holds {len(checkpoints)} "
+                         "checkpoints; drop --out (each JSON goes to <run>/eval/)")
     fabric = _fabric(accelerator, devices)
-    started = time.perf_counter()
-    model, datamodule = load_run(ckpt_path, run_config, data_dir)
-    extractor = build_extractor(feature_extractor, weights_path)
-    evaluator = GenerativeEvaluator(extractor, batch_size=batch_size, cache_dir=cache_dir,
-                                    isc_splits=isc_splits, kid_subsets=kid_subsets,
-                                    kid_subset_size=kid_subset_size)
+    kind = feature_extractor.partition(":")[0]
+    evaluator, done = None, []
+    rank0 = fabric.global_rank == 0
+    with RunRecorder(protocol_name(kind, reference, num_samples)) as recorder:
+        bar = tqdm(checkpoints, desc="checkpoints", unit="ckpt",
+                   disable=single or not progress or not rank0)
+        for ckpt in bar:
+            started = time.perf_counter()
+            model, datamodule = load_run(str(ckpt.path), run_config, data_dir)
+            if evaluator is None:  # one extractor and one reference for every checkpoint
+                extractor = build_extractor(feature_extractor, weights_path)
+                evaluator = SweepEvaluator(extractor, batch_size=batch_size, cache_dir=cache_dir,
+                                           isc_splits=isc_splits, kid_subsets=kid_subsets,
+                                           kid_subset_size=kid_subset_size)
+            result = _evaluate_model(model, datamodule, evaluator, ckpt.path, feature_extractor,
+                                     reference, num_samples, seed, batch_size, isc_splits,
+                                     kid_subsets, iw_samples, fabric, progress and single)
+            result["elapsed_s"] = round(time.perf_counter() - started, 2)
+            if rank0:
+                name = "" if single else f"_{ckpt.path.stem}"
+                path = Path(out) if out else (run_config_path(ckpt.path).parent / "eval"
+                                              / f"{kind}_{reference}_{num_samples}{name}.json")
+                _write_json(path, result)
+                result["json_path"] = str(path)
+                recorder.record(ckpt, result)
+                if single:
+                    print(format_table(result), flush=True)
+                else:
+                    bar.write(summary_line(ckpt, result))
+            done.append((ckpt, result))
+            del model
+    if rank0:
+        if not single:
+            print(checkpoints_table(done), flush=True)
+        print("\n".join(recorder.lines), flush=True)
+    return done[0][1] if single else [result for _, result in done]
+
+
+def _write_json(path: Path, result: dict) -> None:
+    text = json.dumps(result, indent=2) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _evaluate_model(model, datamodule, evaluator, ckpt_path, feature_extractor, reference,
+                    num_samples, seed, batch_size, isc_splits, kid_subsets, iw_samples, fabric,
+                    progress) -> dict:
     model.to(fabric.device)
     try:
         metrics = evaluator.evaluate(model, datamodule, reference, num_samples, seed=seed,
@@ -251,7 +313,7 @@ def evaluate(
     result = {
         **metrics,
         "num_samples": num_samples,
-        "feature_extractor": extractor.name,
+        "feature_extractor": evaluator.extractor.name,
         "feature_extractor_spec": feature_extractor,
         "reference": evaluator.reference_info,
         "model": type(model).__module__ + "." + type(model).__name__,
@@ -265,14 +327,6 @@ def evaluate(
     if hasattr(model, "importance_weighted_bound"):
         result.update(likelihood_metrics(model, datamodule, "test", iw_samples, batch_size, seed,
                                          fabric.device, progress))
-    result["elapsed_s"] = round(time.perf_counter() - started, 2)
-    if fabric.global_rank == 0:
-        kind = feature_extractor.partition(":")[0]
-        path = Path(out) if out else (run_config_path(ckpt_path).parent / "eval"
-                                      / f"{kind}_{reference}_{num_samples}.json")
-        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
-        result["json_path"] = str(path)
-        print(format_table(result), flush=True)
     return result
 
 
