@@ -5,6 +5,7 @@ alternative x-axes, and one W&B run across a resume with one command to upload i
 from __future__ import annotations
 
 import glob
+import io
 import os
 import shlex
 import shutil
@@ -18,6 +19,7 @@ import torch
 import yaml
 from PIL import Image
 
+from lightning_gen.callbacks.images import image_grid, log_grid
 from lightning_gen.run_record import set_wandb_defaults
 from tests.wandb_log import (
     config,
@@ -231,3 +233,30 @@ def test_resume_continues_the_wandb_run_and_one_command_uploads_every_segment(re
                          env={**os.environ, "WANDB_MODE": "offline"})
     assert dry.returncode == 0, dry.stderr
     assert "Would sync 2 run(s)" in dry.stdout + dry.stderr
+
+
+def test_tensorboard_gets_the_png_pixels_at_the_logging_step_too(tmp_path):
+    from lightning import Trainer
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torchvision.utils import save_image
+
+    trainer = Trainer(logger=TensorBoardLogger(tmp_path / "tb"), accelerator="cpu",
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit_loop.epoch_loop._batches_that_stepped = 7  # as after 7 training batches
+    grid = image_grid(torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1,
+                      nrow=2)
+    png = log_grid(trainer, "samples", grid, epochs_done=1)
+    trainer.logger.experiment.flush()
+    events = EventAccumulator(trainer.logger.log_dir)
+    events.Reload()
+    (image,) = events.Images("images/samples")
+    assert image.step == 7
+    stored = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB"), int)
+    local = np.asarray(Image.open(png).convert("RGB"), int)
+    assert stored.shape == local.shape == (2 * 10 + 2, 2 * 10 + 2, 3)
+    assert np.abs(stored - local).max() <= 1
+    # The PNG holds what torchvision's save_image writes for the grid.
+    save_image(grid, tmp_path / "torchvision.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "torchvision.png").convert("RGB"), int),
+                          local)
