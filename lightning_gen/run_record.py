@@ -38,8 +38,12 @@ NETWORKS = ("generator", "discriminator", "encoder", "decoder")
 def logging_step(trainer: Trainer) -> int:
     """The step Lightning logs scalars at (``trainer/global_step`` in W&B): training batches
     that stepped the optimizers. Not ``trainer.global_step``, which counts optimizer steps (two
-    per batch for a GAN with one D and one G update)."""
-    return trainer.fit_loop.epoch_loop._batches_that_stepped
+    per batch for a GAN with one D and one G update). An object without Lightning's fit loop (a
+    stand-in trainer) gives its ``global_step``."""
+    epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    if epoch_loop is None:
+        return getattr(trainer, "global_step", 0)
+    return epoch_loop._batches_that_stepped
 
 
 def class_name(class_path: str | None) -> str | None:
