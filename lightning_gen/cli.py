@@ -31,6 +31,7 @@ from lightning_gen.callbacks.performance import Performance
 from lightning_gen.callbacks.progress import ProgressBar
 from lightning_gen.loggers import WandbLogger, slurm_job_step, slurm_restarts
 from lightning_gen.models.base import GenerativeModel, NonFiniteLossError
+from lightning_gen.run_record import ImagesSeen, record_run, set_wandb_defaults
 from lightning_gen.runs import atomic_write, logger_dir, run_dir
 
 DEBUG_ENV = "LIGHTNING_GEN_DEBUG"
@@ -54,6 +55,7 @@ class RunConfigCallback(SaveConfigCallback):
             self.config, tmp, skip_none=False, overwrite=True, multifile=False,
             format="yaml"))
         self.saved_path = path
+        record_run(trainer, pl_module, path)  # the resolved config, and more, into W&B
 
 
 class LightningGenCLI(LightningCLI):
@@ -86,12 +88,14 @@ class LightningGenCLI(LightningCLI):
             if folder is not None:
                 kwargs["default_root_dir"] = str(folder)
         trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.insert(0, ImagesSeen())  # W&B's `images_seen` x-axis
         _check_launch(trainer)
         return trainer
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is not None:
             _resume_latest_run(self.config[self.subcommand])
+            set_wandb_defaults(self.config[self.subcommand], job_type=self.subcommand)
 
     # Missing data, and a model built for other images or labels, are reported before anything
     # is written (no run folder, no W&B run).
@@ -145,12 +149,8 @@ class LightningGenCLI(LightningCLI):
         if ckpt is not None and ckpt.last_model_path:
             lines.append(f"Checkpoint:  {ckpt.last_model_path}")
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                offline_dir = logger.offline_run_dir() if logger.offline else None
-                if offline_dir is not None:
-                    lines.append(f"W&B offline run: {offline_dir}  (upload: wandb sync {offline_dir})")
-                elif logger.run_url:
-                    lines.append(f"W&B run: {logger.run_url}")
+            if isinstance(logger, WandbLogger) and logger.summary_line():
+                lines.append(logger.summary_line())
         print("\n".join(lines), flush=True)
 
 

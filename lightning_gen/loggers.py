@@ -5,8 +5,11 @@ from __future__ import annotations
 import netrc
 import os
 import secrets
+import shlex
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
@@ -14,6 +17,9 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 WANDB_HOST = "api.wandb.ai"
+# Alternative x-axes, declared to W&B beside Lightning's `trainer/global_step` (the one step
+# everything is logged at): generator updates of a GAN, epochs, training images seen.
+ALTERNATIVE_X_AXES = ("train/g_steps", "epoch", "images_seen")
 
 
 def wandb_logged_in() -> bool:
@@ -100,7 +106,17 @@ class WandbLogger(_LightningWandbLogger):
 
     Everything of a run lands in ``log_dir = save_dir/project/version``: the W&B files
     (``wandb/offline-run-*`` when offline; upload later with ``wandb sync``), ``config.yaml``,
-    ``checkpoints/`` and ``images/``. Nothing is written until the run starts.
+    ``checkpoints/`` and ``images/``. Nothing is written until the run starts. A run continued
+    in its folder (``--ckpt_path last``) continues the same W&B run (id = ``version``); offline,
+    each continuation is one more ``wandb/offline-run-*`` segment, and :meth:`sync_command`
+    uploads them all.
+
+    Everything is logged at one x-axis, Lightning's ``trainer/global_step`` (batches, see
+    :func:`lightning_gen.run_record.logging_step`); ``train/g_steps``, ``epoch`` and
+    ``images_seen`` (added to every row while :class:`~lightning_gen.run_record.ImagesSeen`
+    counts) are declared as alternative x-axes. Once the CLI has sent the run record
+    (:meth:`log_run_config`: the resolved config, nested as in ``config.yaml``, and more), it
+    replaces the flat hyperparameter dump Lightning sends through ``log_hyperparams``.
 
     Args:
         name: Run name (the experiment's name); also the prefix of ``version``.
@@ -112,9 +128,10 @@ class WandbLogger(_LightningWandbLogger):
         offline: ``None``: online if logged in (``WANDB_API_KEY`` or ``wandb login``),
             offline otherwise, unless ``WANDB_MODE`` says which.
         log_model: Upload checkpoints as W&B artifacts (online only).
-        tags: W&B tags.
-        group: W&B group (e.g. a sweep or a DDP job).
+        tags: W&B tags. The CLI's default: ``[model family, dataset, precision]``.
+        group: W&B group. The CLI's default: the experiment's ``name``.
         entity: W&B entity (user or team).
+        job_type: W&B job type. The CLI's default: the subcommand (``fit``).
     """
 
     def __init__(
@@ -128,10 +145,12 @@ class WandbLogger(_LightningWandbLogger):
         tags: list[str] | None = None,
         group: str | None = None,
         entity: str | None = None,
+        job_type: str | None = None,
     ) -> None:
         offline = resolve_offline(offline)
         version = version or slurm_version(name, Path(save_dir) / project) or make_version(name)
-        extra = {k: v for k, v in {"tags": tags, "group": group, "entity": entity}.items() if v}
+        extra = {k: v for k, v in {"tags": tags, "group": group, "entity": entity,
+                                   "job_type": job_type}.items() if v}
         super().__init__(
             name=name, save_dir=save_dir, version=version, offline=offline, project=project,
             log_model=log_model and not offline, **extra,
@@ -144,6 +163,10 @@ class WandbLogger(_LightningWandbLogger):
         # the first run; a relative path from a later run (after a chdir) would land there.
         self._wandb_init["dir"] = os.path.abspath(self._run_dir)
         self._wandb_init.pop("anonymous", None)  # deprecated by wandb, unused here
+        self._run_config: dict[str, Any] | None = None
+        self._run_config_sent = False
+        #: Training images seen so far (set by ``ImagesSeen``); added to each logged row.
+        self.images_seen: int | None = None
 
     @property
     def log_dir(self) -> str:
@@ -160,7 +183,36 @@ class WandbLogger(_LightningWandbLogger):
             self._run_dir.mkdir(parents=True, exist_ok=True)
             if self._offline:
                 os.environ["WANDB_MODE"] = "offline"
+            run = super().experiment
+            if getattr(run, "define_metric", None) is not None:
+                for axis in ALTERNATIVE_X_AXES:
+                    run.define_metric(axis)
+            return run
         return super().experiment
+
+    @rank_zero_only
+    def log_run_config(self, record: Mapping[str, Any]) -> None:
+        """Make ``record`` (the resolved config and what the run is) the run's W&B config. From
+        then on, ``log_hyperparams`` (Lightning's flat dump of the model's and the DataModule's
+        ``save_hyperparameters``, whose names collide at the root, Lightning #19728) sends this
+        record again instead: its values are under ``model.init_args`` / ``data.init_args``."""
+        self._run_config = dict(record)
+        self.experiment.config.update(self._run_config, allow_val_change=True)
+        self._run_config_sent = True
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        if self._run_config is None:
+            super().log_hyperparams(params)
+        elif not self._run_config_sent:  # a later trainer call, a new W&B run (same id)
+            self.experiment.config.update(self._run_config, allow_val_change=True)
+            self._run_config_sent = True
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.images_seen is not None and "images_seen" not in metrics:
+            metrics = {**metrics, "images_seen": self.images_seen}
+        super().log_metrics(metrics, step)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
@@ -171,8 +223,29 @@ class WandbLogger(_LightningWandbLogger):
             self.run_url = getattr(self._experiment, "url", None)
             self._experiment.finish(exit_code=0 if status == "success" else 1)
             self._experiment = None
+            self._run_config_sent = False
+
+    def offline_run_dirs(self) -> list[Path]:
+        """Every ``wandb/offline-run-*`` segment of this run (one per start or continuation),
+        oldest first."""
+        return sorted((self._run_dir / "wandb").glob("offline-run-*"))
 
     def offline_run_dir(self) -> Path | None:
-        """The ``wandb/offline-run-*`` folder of this run, if offline and started."""
-        runs = sorted((self._run_dir / "wandb").glob("offline-run-*"))
+        """The latest ``wandb/offline-run-*`` segment of this run, if offline and started."""
+        runs = self.offline_run_dirs()
         return runs[-1] if runs else None
+
+    def sync_command(self) -> str:
+        """One shell command that uploads every offline segment of this run: ``wandb sync``
+        takes several run folders and syncs those of one (resumed) run in order of start time
+        into that run."""
+        return f"wandb sync {shlex.quote(str(self._run_dir / 'wandb'))}/offline-run-*"
+
+    def summary_line(self) -> str | None:
+        """Where this run's W&B record is, for the end-of-run summary."""
+        segments = self.offline_run_dirs() if self._offline else []
+        if segments:
+            where = segments[0] if len(segments) == 1 else (
+                f"{self._run_dir / 'wandb'} ({len(segments)} segments of run {self.version})")
+            return f"W&B offline run: {where}  (upload: {self.sync_command()})"
+        return f"W&B run: {self.run_url}" if self.run_url else None

@@ -61,6 +61,36 @@ def history(path: str | Path) -> list[dict]:
     return rows
 
 
+def config(path: str | Path) -> dict:
+    """The run's config as W&B stored it: every ``config`` record's updates applied in order
+    (values decoded from JSON, nested dicts as logged), removals dropped; ``_wandb`` left out."""
+    values: dict = {}
+    for record in read_records(path):
+        if record.WhichOneof("record_type") == "config":
+            for item in record.config.update:
+                values[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+            for item in record.config.remove:
+                values.pop(item.key or "/".join(item.nested_key), None)
+    values.pop("_wandb", None)
+    return values
+
+
+def run_info(path: str | Path) -> dict:
+    """The run record's id, display name, group, job type and tags."""
+    for record in read_records(path):
+        if record.WhichOneof("record_type") == "run":
+            run = record.run
+            return {"id": run.run_id, "name": run.display_name, "group": run.run_group,
+                    "job_type": run.job_type, "tags": list(run.tags)}
+    raise ValueError(f"{path} holds no run record")
+
+
+def metric_definitions(path: str | Path) -> dict[str, str]:
+    """``define_metric`` calls: metric name (or glob) -> its step metric ("" for none)."""
+    return {r.metric.name or r.metric.glob_name: r.metric.step_metric
+            for r in read_records(path) if r.WhichOneof("record_type") == "metric"}
+
+
 def config_keys(path: str | Path) -> set[str]:
     keys: set[str] = set()
     for record in read_records(path):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from torchvision.utils import make_grid, save_image
+from PIL import Image
+from torchvision.utils import make_grid
 
+from lightning_gen.run_record import logging_step
 from lightning_gen.runs import atomic_write, run_dir
 
 
@@ -19,28 +22,43 @@ def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
                      value_range=(-1, 1), pad_value=1.0)
 
 
+def grid_pixels(grid: torch.Tensor) -> np.ndarray:
+    """A [0, 1] ``(C, H, W)`` grid as the ``(H, W, C)`` uint8 pixels of its PNG (``(H, W)`` for
+    one channel), rounded as torchvision's ``save_image`` rounds. W&B and TensorBoard get these:
+    wandb 0.31 no longer scales float images by 255 (a float grid in [0, 1] is stored as 0/1
+    pixels, black)."""
+    pixels = grid.detach().cpu().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    pixels = pixels.permute(1, 2, 0).numpy()
+    return pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+
+
 def save_grid(grid: torch.Tensor, path: str | Path) -> Path:
     """Write a [0, 1] grid as PNG, atomically."""
-    return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
+    pixels = grid_pixels(grid)
+    return atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="png"))
 
 
 def log_grid(trainer: Trainer, name: str, grid: torch.Tensor, epochs_done: int | None = None
              ) -> Path:
     """Write ``grid`` to ``<run dir>/images/<name>_epoch<E>.png`` (E: epochs completed,
-    default ``trainer.current_epoch``) and ``<name>_last.png`` (atomically) and log it to W&B /
-    TensorBoard as ``images/<name>`` at the trainer's ``global_step`` (explicit, so images align
-    with scalars). Returns the ``_last`` path."""
+    default ``trainer.current_epoch``) and ``<name>_last.png`` (atomically) and log the same
+    uint8 pixels to W&B / TensorBoard as ``images/<name>`` at the step Lightning logs scalars at
+    (:func:`~lightning_gen.run_record.logging_step`, W&B's ``trainer/global_step``; not
+    ``trainer.global_step``, which counts a GAN's two optimizer steps per batch). Returns the
+    ``_last`` path."""
     folder = run_dir(trainer) / "images"
-    step = trainer.global_step
+    step = logging_step(trainer)
     epochs_done = trainer.current_epoch if epochs_done is None else epochs_done
     save_grid(grid, folder / f"{name}_epoch{epochs_done:04d}.png")
     last = save_grid(grid, folder / f"{name}_last.png")
+    pixels = grid_pixels(grid)
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key=f"images/{name}", images=[grid], step=step,
+            logger.log_image(key=f"images/{name}", images=[pixels], step=step,
                              caption=[f"after {epochs_done} epochs, step {step}"])
         elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(f"images/{name}", grid, step)
+            logger.experiment.add_image(f"images/{name}", pixels, step,
+                                        dataformats="HWC" if pixels.ndim == 3 else "HW")
     return last
 
 

@@ -18,6 +18,7 @@ from torchmetrics.functional.classification import binary_auroc
 from lightning_gen.callbacks.images import image_grid, log_grid
 from lightning_gen.models.gan_base import GANBase
 from lightning_gen.models.vae import VAE
+from lightning_gen.run_record import logging_step
 
 
 def latent_decoder(model: LightningModule, row_length: int = 1,
@@ -281,7 +282,7 @@ class OutlierAUROCCallback(_PeriodicCallback):
             raise ValueError(f"the test images need both class {self.outlier_class} and others")
         self.auroc = float(binary_auroc(scores, targets))
         for logger in trainer.loggers:
-            logger.log_metrics({"outlier/auroc": self.auroc}, step=trainer.global_step)
+            logger.log_metrics({"outlier/auroc": self.auroc}, step=logging_step(trainer))
         top = scores.argsort(descending=True)[: self.num_show]
         log_grid(trainer, "outliers_highest_error",
                  image_grid(torch.cat(images)[top], int(math.sqrt(self.num_show)) or 1))
