@@ -84,7 +84,8 @@ def find_runs(paths: Sequence[str], group: str | None = None,
             raise FileNotFoundError(f"no run folder matches '{arg}'")
         for match in map(Path, matches):
             if not match.is_dir():
-                raise FileNotFoundError(f"'{match}' is not a run folder (no such folder)")
+                what = "not a folder" if match.exists() else "no such folder"
+                raise FileNotFoundError(f"'{match}' is not a run folder ({what})")
             if not (match / "config.yaml").is_file():
                 raise ValueError(f"'{match}' is not a run folder (no config.yaml in it)")
             found.append(match)
@@ -104,10 +105,10 @@ def find_runs(paths: Sequence[str], group: str | None = None,
 
 
 def _runs_under(root: Path) -> list[Path]:
-    # runs/<project>/<version>/config.yaml, or <project>/<version>/config.yaml when runs_dir
-    # is a project folder. W&B's own files/config.yaml lies deeper and is not a run.
+    # runs/<project>/<version>/config.yaml, or <version>/config.yaml when runs_dir is a project
+    # folder; not deeper, where W&B keeps a config.yaml of its own (wandb/*/files/).
     configs = [*root.glob("*/config.yaml"), *root.glob("*/*/config.yaml")]
-    return sorted(p.parent for p in configs if "wandb" not in p.parts)
+    return sorted(p.parent for p in configs)
 
 
 def _read_config(path: Path) -> dict:
@@ -122,7 +123,7 @@ def run_group(config: dict) -> str | None:
     """The run's W&B group (``trainer.logger.init_args.group``), else its logger's ``name``."""
     loggers = (config.get("trainer") or {}).get("logger")
     for logger in loggers if isinstance(loggers, list) else [loggers]:
-        args = logger.get("init_args") or {} if isinstance(logger, dict) else {}
+        args = (logger.get("init_args") or {}) if isinstance(logger, dict) else {}
         if args.get("group") or args.get("name"):
             return str(args.get("group") or args.get("name"))
     return None
@@ -132,7 +133,10 @@ def load_run(path: Path) -> Run:
     run = Run(path=path, config=_read_config(path))
     summary = path / "summary.json"
     if summary.is_file():
-        run.summary = json.loads(summary.read_text())
+        try:
+            run.summary = json.loads(summary.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"'{summary}' is not valid JSON: {err}") from err
     results = path / "eval/results.jsonl"
     if results.is_file():
         for row in read_jsonl(results):
@@ -178,6 +182,8 @@ def show(value: Any) -> str:
     """A config value as the table and legends print it."""
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (list, dict)):
@@ -232,11 +238,18 @@ def default_metrics(runs: Sequence[Run]) -> list[str]:
     return sorted(names, key=lambda n: ("loss" in n, n))
 
 
-def table(runs: Sequence[Run], keys: Sequence[str],
-          metrics: Sequence[str]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Columns and one record per run: run, path, the differing config values, each metric's
-    ``<name>.best``/``.best_step``/``.last``/``.last_step`` and the latest evaluations'
-    ``eval/<protocol>/<metric>`` and ``eval/<protocol>/step``."""
+Field = tuple[str, str, str, "str | None"]  # section, label, column, step column
+
+
+def table(runs: Sequence[Run], keys: Sequence[str], metrics: Sequence[str]
+          ) -> tuple[list[str], list[dict[str, Any]], list[Field]]:
+    """The table's columns, one record per run, and the fields as printed.
+
+    Records: run, path, the differing config values, each metric's ``<name>.best``,
+    ``.best_step``, ``.last``, ``.last_step`` (summary.json) and the latest evaluation's
+    ``eval/<protocol>/<metric>`` and ``eval/<protocol>/step`` (eval/results.jsonl). Fields:
+    ``(section, label, column, step column)``, a value printed with its step when it has one.
+    """
     records = []
     for run in runs:
         flat = flatten(run.config)
@@ -249,12 +262,17 @@ def table(runs: Sequence[Run], keys: Sequence[str],
                     record[f"{name}.{part}"] = entry[part]
         for protocol, row in sorted(run.evals.items()):
             for metric, value in sorted((row.get("metrics") or {}).items()):
-                if isinstance(value, (int, float)):
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
                     record[f"eval/{protocol}/{metric}"] = value
             record[f"eval/{protocol}/step"] = row.get("step")
         records.append(record)
     columns = list(dict.fromkeys(c for r in records for c in r))
-    return columns, records
+    fields: list[Field] = [("config", k, k, None) for k in keys]
+    fields += [("summary", f"{name} ({part})", f"{name}.{part}", f"{name}.{part}_step")
+               for name in metrics for part in ("best", "last") if f"{name}.{part}" in columns]
+    fields += [("eval", c, c, c.rsplit("/", 1)[0] + "/step") for c in columns
+               if c.startswith("eval/") and not c.endswith("/step")]
+    return columns, records, fields
 
 
 def _fmt(value: Any) -> str:
@@ -263,21 +281,13 @@ def _fmt(value: Any) -> str:
     return MISSING if value is None else str(value)
 
 
-def display_rows(columns: Sequence[str], records: Sequence[dict]) -> list[list[str]]:
-    """The table as printed: one row per field, one column per run; a metric's value and its
-    step share a cell (``0.6931 (step 40)``)."""
+def display_rows(records: Sequence[dict], fields: Sequence[Field]) -> list[list[str]]:
+    """One row per field, one column per run: ``0.0002``, ``0.6931 (step 40)``."""
     rows = []
-    for column in columns:
-        if column in ("run", "path") or column.endswith(("_step", "/step")):
-            continue
-        cells = [_fmt(r.get(column)) for r in records]
-        step = f"{column}_step" if column.endswith((".best", ".last")) else None
-        if step is None and column.startswith("eval/"):
-            step = column.rsplit("/", 1)[0] + "/step"
-        if step is not None:
-            cells = [c if c == MISSING or r.get(step) is None else f"{c} (step {r[step]})"
-                     for c, r in zip(cells, records, strict=True)]
-        label = column.replace(".best", " (best)").replace(".last", " (last)")
+    for _, label, column, step in fields:
+        cells = [_fmt(r.get(column)) + (f" (step {r[step]})" if r.get(step) is not None
+                                        and r.get(column) is not None else "")
+                 for r in records]
         rows.append([label, *cells])
     return rows
 
@@ -299,20 +309,18 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), line("---" for _ in header), *map(line, rows)]) + "\n"
 
 
-def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], note: str) -> None:
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]],
+                sections: Sequence[str], note: str) -> None:
+    """The table in the terminal (rich), a rule between config, summary and eval rows."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
     table = Table(*header, box=box.SIMPLE_HEAD, caption=note, caption_justify="left",
                   header_style="bold")
-    section = None
-    for row in rows:
-        kind = ("eval" if row[0].startswith("eval/")
-                else "metric" if row[0].endswith(("(best)", "(last)")) else "config")
-        if section is not None and kind != section:
+    for i, row in enumerate(rows):
+        if i and sections[i] != sections[i - 1]:
             table.add_section()
-        section = kind
         table.add_row(*row)
     if sys.stdout.isatty():  # fit the terminal's width
         Console().print(table)
@@ -349,8 +357,8 @@ def compare(runs: Sequence[str] = (), group: str | None = None, runs_dir: str = 
     labels = run_labels(loaded, keys)
     names = list(metrics) if metrics else default_metrics(loaded)
     folder = Path(out) if out else Path("compare") / time.strftime("%Y%m%d-%H%M%S")
-    columns, records = table(loaded, keys, names)
-    rows = display_rows(columns, records)
+    columns, records, fields = table(loaded, keys, names)
+    rows = display_rows(records, fields)
     header = ["run", *(r.name for r in loaded)]
     note = same_in_all(loaded, keys)
     if not keys:
@@ -370,7 +378,7 @@ def compare(runs: Sequence[str] = (), group: str | None = None, runs_dir: str = 
     if grids is not None:
         paths["samples"] = grids
     warnings += [f"{r.path}: no images/*_last.png" for r in loaded if last_grid(r.path) is None]
-    print_table(header, rows, note)
+    print_table(header, rows, [f[0] for f in fields], note)
     for line in warnings:
         print(f"note: {line}")
     for kind, path in paths.items():
