@@ -108,17 +108,26 @@ def plot_curves(runs: Sequence[Path], labels: Sequence[str], names: Sequence[str
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     colours = run_colours(len(runs))
     data = [read_metrics(r) for r in runs]
+    curves = {(i, name): curve(run, data[i], name, x)
+              for name in names for i, run in enumerate(runs)}
+    # Wall time in hours once a run is longer than two.
+    hours = x == "wall_time" and max((max(xs) for xs, _ in curves.values() if xs),
+                                     default=0) > 7200
+    xlabel = {"step": "step (trainer/global_step)", "epoch": "epoch",
+              "g_steps": "generator steps (g_steps)",
+              "wall_time": f"wall time ({'h' if hours else 's'})"}[x]
     missing = []
     for ax, name in zip(axes, names, strict=False):
-        for run, label, colour, metrics in zip(runs, labels, colours, data, strict=True):
-            xs, ys = curve(run, metrics, name, x)
+        for i, (run, colour) in enumerate(zip(runs, colours, strict=True)):
+            xs, ys = curves[i, name]
             if not xs:
                 missing.append(f"{run}: no '{name}' against {x}")
                 continue
-            ax.plot(xs, ys, color=colour, linewidth=2, label=label,
+            xs = [v / 3600 for v in xs] if hours else xs
+            ax.plot(xs, ys, color=colour, linewidth=2,
                     marker="o" if len(xs) <= 30 else None, markersize=4)
         ax.set_title(name)
-        ax.set_xlabel({"wall_time": "wall time (s)", "g_steps": "generator steps"}.get(x, x))
+        ax.set_xlabel(xlabel)
         if x != "wall_time":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
