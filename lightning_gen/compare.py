@@ -192,15 +192,27 @@ def show(value: Any) -> str:
 
 
 def run_labels(runs: Sequence[Run], keys: Sequence[str]) -> list[str]:
-    """Each run's name by its differing values, e.g. ``model=WGANGP, seed_everything=1``.
+    """Each run's name by its differing values, e.g. ``model=WGANGP, seed=1``.
 
     ``model.class_path`` stands for the class (its last dotted part) and then its
-    ``model.init_args.*`` are left out (another class has other arguments); each key is
-    shortened to its shortest dotted suffix (without ``init_args``) that is still unique.
+    ``model.init_args.*`` are left out (another class has other arguments), and so are the
+    logger's keys whose values follow from the others' (``group=wgan_gp`` beside
+    ``model=WGANGP``).
+    Each key is shortened to its shortest dotted suffix (without ``init_args``) that is unique.
     Runs that the values do not tell apart get their folder name added.
     """
     classes = {k[: -len(".class_path")] for k in keys if k.endswith(".class_path")}
     keys = [k for k in keys if not any(k.startswith(f"{c}.init_args.") for c in classes)]
+    flats = [flatten(run.config) for run in runs]
+    # The logger's name, group and tags describe the run: where their values follow from the
+    # other keys' (a group named after the model), they add nothing to a label.
+    for key in [k for k in reversed(keys) if k.startswith("trainer.logger.")]:
+        rest = [k for k in keys if k != key]
+        seen: dict[str, str] = {}
+        if rest and all(seen.setdefault(json.dumps([f.get(k) for k in rest], default=str),
+                                        json.dumps(f.get(key), default=str))
+                        == json.dumps(f.get(key), default=str) for f in flats):
+            keys = rest
     parts = {k: [p for p in k.split(".") if p != "init_args"] for k in keys}
     if "seed_everything" in parts:
         parts["seed_everything"] = ["seed"]
@@ -215,8 +227,7 @@ def run_labels(runs: Sequence[Run], keys: Sequence[str]) -> list[str]:
                 break
         short[key] = name
     labels = []
-    for run in runs:
-        flat = flatten(run.config)
+    for run, flat in zip(runs, flats, strict=True):
         items = []
         for key in (k for k in keys if k in flat):
             value = flat[key]

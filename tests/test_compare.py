@@ -186,16 +186,18 @@ def test_group_selects_runs_by_wandb_group_else_logger_name(capsys):
         "trainer.logger.init_args.name", "trainer.logger.init_args.group"}
 
 
-def test_labels_name_a_differing_model_class_instead_of_its_arguments(tmp_path):
+def test_labels_name_a_differing_model_class_not_its_arguments_nor_what_follows(tmp_path):
     dcgan = quickstart_config("x", seed=0)
     wgan = quickstart_config("y", seed=1)
     wgan["model"] = {"class_path": "lightning_gen.models.WGANGP",
                      "init_args": {"lr_g": 1e-4, "n_critic": 5, "lambda_gp": 10.0}}
+    wgan["trainer"]["logger"]["init_args"]["group"] = "wgan_gp"  # follows from the model
     runs = [load_run(write_run(tmp_path, "x", config=dcgan)),
             load_run(write_run(tmp_path, "y", config=wgan))]
     keys = differing_keys([flatten(r.config) for r in runs])
     assert keys[0] == "model.class_path" and "model.init_args.g_width" in keys
-    assert "model.init_args.lambda_gp" in keys and "seed_everything" in keys
+    assert {"model.init_args.lambda_gp", "seed_everything",
+            "trainer.logger.init_args.group"} <= set(keys)
     assert run_labels(runs, keys) == ["model=DCGAN, seed=0", "model=WGANGP, seed=1"]
 
 
