@@ -39,6 +39,7 @@ DESCRIPTION = (
     "Train and evaluate generative models: `lightning-gen fit --config experiments/NAME.yaml`. "
     "Also `lightning-gen evaluate --help` (FID/IS/KID/precision-recall, ELBO of a checkpoint) "
     "and `lightning-gen sample --help` (write samples as PNGs)."
+    " `lightning-gen compare --help`: runs side by side (table, curves, sample grids)."
 )
 
 
@@ -230,6 +231,11 @@ def main(args: list[str] | None = None) -> None:
             from lightning_gen.evaluate import main as evaluate_main
 
             return evaluate_main(argv)
+        if argv[:1] == ["compare"]:
+            # Run folders side by side (lightning_gen.compare), offline, no LightningCLI.
+            from lightning_gen.compare import main as compare_main
+
+            return compare_main(argv[1:])
         LightningGenCLI(
             model_class=GenerativeModel,
             datamodule_class=ImageDataModule,
