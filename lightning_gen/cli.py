@@ -29,8 +29,10 @@ from datamodules.base import DatasetNotFoundError, ImageDataModule
 from lightning_gen.callbacks.images import ImageGridCallback
 from lightning_gen.callbacks.performance import Performance
 from lightning_gen.callbacks.progress import ProgressBar
+from lightning_gen.checkpoints import safe_globals
 from lightning_gen.loggers import WandbLogger, slurm_job_step, slurm_restarts
 from lightning_gen.models.base import GenerativeModel, NonFiniteLossError
+from lightning_gen.resume import ApplyOptimizerOverrides, checkpoint_to_resume, parse_ckpt_path
 from lightning_gen.runs import atomic_write, logger_dir, run_dir
 
 DEBUG_ENV = "LIGHTNING_GEN_DEBUG"
@@ -67,6 +69,23 @@ class LightningGenCLI(LightningCLI):
         # --performance.channels_last / --performance.compile (off by default).
         parser.add_lightning_class_args(Performance, "performance")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        parser.add_argument("--trust_checkpoint", type=bool, default=False,
+                            help="Load --ckpt_path even if it holds more than the suite's "
+                            "checkpoints do (full unpickling: it can run code); only for files "
+                            "whose origin you trust")
+
+    # --ckpt_path: loaded safely, of the config's model class, options given with it applied or
+    # refused, all before anything is written (lightning_gen.resume).
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        self._argv = [] if isinstance(args, dict) else list(sys.argv[1:] if args is None else args)
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        parse_ckpt_path(self, getattr(self, "_argv", []))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        with safe_globals():  # Lightning's own weights_only load of --ckpt_path
+            super()._run_subcommand(subcommand)
 
     def instantiate_trainer(self, **kwargs):
         # The suite's progress bar (no host sync per step) unless the config brings its own or
@@ -122,13 +141,13 @@ class LightningGenCLI(LightningCLI):
             ckpt_path = _requeued_checkpoint(self.trainer)
             if ckpt_path is not None:
                 self.config_init[self.subcommand]["ckpt_path"] = ckpt_path
-        if ckpt_path and Path(ckpt_path).is_file() and isinstance(self.model, GenerativeModel):
-            import torch
-
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = checkpoint_to_resume(self, ckpt_path)
+        if ckpt is not None and isinstance(self.model, GenerativeModel):
             # Only the base class's shape check (subclasses also restore state there).
             GenerativeModel.on_load_checkpoint(
                 self.model, {"hyper_parameters": ckpt.get("hyper_parameters") or {}})
+        if getattr(self, "_ckpt_overrides", None):
+            self.trainer.callbacks.append(ApplyOptimizerOverrides(self._ckpt_overrides))
 
     before_fit = _check_fit
     before_validate = before_test = before_predict = _check_step
