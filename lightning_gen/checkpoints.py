@@ -75,7 +75,11 @@ class CorruptCheckpointError(CheckpointError):
 def safe_globals() -> Iterator[None]:
     """Allow :data:`SAFE_GLOBALS` in ``torch.load(weights_only=True)`` within the block (also
     for Lightning's own loading of ``--ckpt_path``)."""
-    with torch.serialization.safe_globals(SAFE_GLOBALS):
+    # Nested blocks add only what is missing: torch's context removes what it added on exit, so
+    # an inner block would otherwise take the outer block's entries away.
+    present = torch.serialization.get_safe_globals()
+    missing = [g for g in SAFE_GLOBALS if g not in present]
+    with torch.serialization.safe_globals(missing):
         yield
 
 
