@@ -32,7 +32,12 @@ from lightning_gen.callbacks.progress import ProgressBar
 from lightning_gen.checkpoints import safe_globals
 from lightning_gen.loggers import WandbLogger, slurm_job_step, slurm_restarts
 from lightning_gen.models.base import GenerativeModel, NonFiniteLossError
-from lightning_gen.resume import ApplyOptimizerOverrides, checkpoint_to_resume, parse_ckpt_path
+from lightning_gen.resume import (
+    ApplyOptimizerOverrides,
+    checkpoint_to_resume,
+    merge_last,
+    parse_ckpt_path,
+)
 from lightning_gen.runs import atomic_write, logger_dir, run_dir
 
 DEBUG_ENV = "LIGHTNING_GEN_DEBUG"
@@ -111,6 +116,7 @@ class LightningGenCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.subcommand is not None:
             _resume_latest_run(self.config[self.subcommand])
+            merge_last(self, getattr(self, "_argv", []))
 
     # Missing data, and a model built for other images or labels, are reported before anything
     # is written (no run folder, no W&B run).
@@ -131,6 +137,7 @@ class LightningGenCLI(LightningCLI):
                 f"{self.subcommand}` cannot run it; use `lightning-gen evaluate` (FID/IS/KID, "
                 "ELBO) or `lightning-gen sample` for generated images")
         self._check_data()
+        checkpoint_to_resume(self, self.config[self.subcommand].get("ckpt_path"))
 
     # A checkpoint of other images is reported before the run folder and W&B run are created
     # (the model's on_load_checkpoint would say the same, but only once the run has started).

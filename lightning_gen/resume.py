@@ -202,3 +202,25 @@ def checkpoint_to_resume(cli, ckpt_path) -> dict | None:
     ckpt = load_checkpoint(path, trust=trust, mmap=True)
     check_model_class(ckpt, path, None, type(cli.model), trust)
     return ckpt
+
+
+def merge_last(cli, argv: Iterable[object]) -> None:
+    """``--ckpt_path last`` with the suite's logger: once ``_resume_latest_run`` chose the run,
+    check its ``last.ckpt`` and merge its hyperparameters like an explicit path's (Lightning
+    merges nothing for ``last``: an option given with it was silently undone by the restored
+    optimizer state, an architecture change failed deep inside ``load_state_dict``)."""
+    config = cli.config[cli.subcommand]
+    if config.get("ckpt_path") != "last":
+        return
+    logger = config.get("trainer", {}).get("logger")
+    args = logger.get("init_args") if hasattr(logger, "get") else None
+    if args is None or not args.get("version"):
+        return
+    root = Path(args.get("save_dir") or "runs") / (args.get("project") or "lightning-gen")
+    path = root / str(args.get("version")) / "checkpoints" / "last.ckpt"
+    if not (path.exists() or path.is_symlink()):
+        return
+    trust = bool(config.get("trust_checkpoint"))
+    ckpt = load_checkpoint(path, trust=trust, mmap=True)
+    cli._ckpt_overrides = merge_hyper_parameters(config, ckpt, path,
+                                                 explicit_model_options(argv), trust)

@@ -257,3 +257,19 @@ def test_overrides_with_ckpt_path_are_applied_or_refused(runs, tmp_path, capsys)
     assert [g["lr"] for g in resumed["optimizer_states"][0]["param_groups"]] == [0.005]
     assert [g["lr"] for g in resumed["optimizer_states"][1]["param_groups"]] == [0.0002]
     assert "lr_g: 0.005" in (second / "config.yaml").read_text()
+
+
+def test_overrides_with_ckpt_path_last_are_applied_or_refused_too(runs, tmp_path, capsys):
+    _fit_mnist(runs, "--trainer.max_steps", "2")
+    (run,) = Path("runs").glob("*/*")
+    capsys.readouterr()
+    err = error_line(capsys, "fit", "--config", str(ROOT / "experiments/dcgan_mnist.yaml"),
+                     "--data.data_dir", str(runs["mnist"]), "--ckpt_path", "last",
+                     "--model.init_args.g_width", "16", *FAST)
+    assert "--model.init_args.g_width 16 (the checkpoint's is 8)" in err
+    _fit_mnist(runs, "--ckpt_path", "last", "--model.init_args.lr_d", "0.001",
+               "--trainer.max_steps", "4")
+    assert list(Path("runs").glob("*/*")) == [run]  # continued in its folder
+    resumed = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 4
+    assert [g["lr"] for g in resumed["optimizer_states"][1]["param_groups"]] == [0.001]
