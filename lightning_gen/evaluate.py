@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 from lightning_gen.checkpoints import hyper_parameters, load_checkpoint, resolve_class
 from lightning_gen.metrics.evaluator import GenerativeEvaluator, is_conditional, load_split
 from lightning_gen.metrics.extractors import build_extractor, to_uint8
-from lightning_gen.metrics.reference import CACHE_ENV
 from lightning_gen.models.base import GenerativeModel
 from lightning_gen.outputs import (
     ResultsNotSavedError,
@@ -276,12 +275,12 @@ def evaluate(
     kind = feature_extractor.partition(":")[0]
     path = Path(out) if out else (run_config_path(ckpt_path).parent / "eval"
                                   / f"{kind}_{reference}_{num_samples}.json")
-    check_file_writable(path, "--out" if out else "--out (default: beside the run)")
+    check_file_writable(path, "--out")
     extractor = build_extractor(feature_extractor, weights_path, trust_checkpoint)
     evaluator = GenerativeEvaluator(extractor, batch_size=batch_size, cache_dir=cache_dir,
                                     isc_splits=isc_splits, kid_subsets=kid_subsets,
                                     kid_subset_size=kid_subset_size)
-    _check_cache_writable(evaluator, datamodule, reference, cache_dir)
+    _check_cache_writable(evaluator, datamodule, reference)
     model.to(fabric.device)
     try:
         metrics = evaluator.evaluate(model, datamodule, reference, num_samples, seed=seed,
@@ -337,15 +336,14 @@ def _check_num_samples(num_samples: int, isc_splits: int) -> None:
             f"--num_samples {minimum} or more (papers use 50000)")
 
 
-def _check_cache_writable(evaluator, datamodule, split: str, cache_dir: str | None) -> None:
+def _check_cache_writable(evaluator, datamodule, split: str) -> None:
     """The reference cache entry exists, or its folder can be written."""
     if split not in ("train", "test", "val"):
         return  # load_split names the valid splits when the evaluation starts
     dataset = load_split(datamodule, split)
     entry = evaluator.cache.path(evaluator.reference_key(datamodule, split, len(dataset)))
     if not entry.is_file():
-        flag = "--cache_dir" if cache_dir else f"the reference cache (${CACHE_ENV})"
-        check_dir_writable(evaluator.cache.cache_dir, flag)
+        check_dir_writable(evaluator.cache.cache_dir, "--cache_dir")
 
 
 def format_table(result: dict) -> str:
