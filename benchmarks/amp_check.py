@@ -129,7 +129,9 @@ def checkpoint_facts(run: Path) -> tuple[int | None, float | None]:
     ckpts = sorted(run.rglob("last.ckpt"))
     if not ckpts:
         return None, None
-    ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+    from lightning_gen.checkpoints import load_checkpoint  # the suite's safe loading
+
+    ckpt = load_checkpoint(ckpts[-1])
     scaler = ckpt.get("MixedPrecision") or {}
     scale = scaler.get("scale")
     return ckpt.get("global_step"), (float(scale) if scale is not None else None)

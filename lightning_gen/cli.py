@@ -29,8 +29,15 @@ from datamodules.base import DatasetNotFoundError, ImageDataModule
 from lightning_gen.callbacks.images import ImageGridCallback
 from lightning_gen.callbacks.performance import Performance
 from lightning_gen.callbacks.progress import ProgressBar
+from lightning_gen.checkpoints import safe_globals
 from lightning_gen.loggers import WandbLogger, slurm_job_step, slurm_restarts
 from lightning_gen.models.base import GenerativeModel, NonFiniteLossError
+from lightning_gen.resume import (
+    ApplyOptimizerOverrides,
+    checkpoint_to_resume,
+    merge_last,
+    parse_ckpt_path,
+)
 from lightning_gen.run_record import ImagesSeen, record_run, set_wandb_defaults
 from lightning_gen.runs import atomic_write, logger_dir, run_dir
 
@@ -70,6 +77,23 @@ class LightningGenCLI(LightningCLI):
         # --performance.channels_last / --performance.compile (off by default).
         parser.add_lightning_class_args(Performance, "performance")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        parser.add_argument("--trust_checkpoint", type=bool, default=False,
+                            help="Load --ckpt_path even if it holds more than the suite's "
+                            "checkpoints do (full unpickling: it can run code); only for files "
+                            "whose origin you trust")
+
+    # --ckpt_path: loaded safely, of the config's model class, options given with it applied or
+    # refused, all before anything is written (lightning_gen.resume).
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        self._argv = [] if isinstance(args, dict) else list(sys.argv[1:] if args is None else args)
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        parse_ckpt_path(self, getattr(self, "_argv", []))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        with safe_globals():  # Lightning's own weights_only load of --ckpt_path
+            super()._run_subcommand(subcommand)
 
     def instantiate_trainer(self, **kwargs):
         # The suite's progress bar (no host sync per step) unless the config brings its own or
@@ -96,6 +120,7 @@ class LightningGenCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.subcommand is not None:
             _resume_latest_run(self.config[self.subcommand])
+            merge_last(self, getattr(self, "_argv", []))
             set_wandb_defaults(self.config[self.subcommand], job_type=self.subcommand)
 
     # Missing data, and a model built for other images or labels, are reported before anything
@@ -117,6 +142,7 @@ class LightningGenCLI(LightningCLI):
                 f"{self.subcommand}` cannot run it; use `lightning-gen evaluate` (FID/IS/KID, "
                 "ELBO) or `lightning-gen sample` for generated images")
         self._check_data()
+        checkpoint_to_resume(self, self.config[self.subcommand].get("ckpt_path"))
 
     # A checkpoint of other images is reported before the run folder and W&B run are created
     # (the model's on_load_checkpoint would say the same, but only once the run has started).
@@ -127,13 +153,13 @@ class LightningGenCLI(LightningCLI):
             ckpt_path = _requeued_checkpoint(self.trainer)
             if ckpt_path is not None:
                 self.config_init[self.subcommand]["ckpt_path"] = ckpt_path
-        if ckpt_path and Path(ckpt_path).is_file() and isinstance(self.model, GenerativeModel):
-            import torch
-
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = checkpoint_to_resume(self, ckpt_path)
+        if ckpt is not None and isinstance(self.model, GenerativeModel):
             # Only the base class's shape check (subclasses also restore state there).
             GenerativeModel.on_load_checkpoint(
                 self.model, {"hyper_parameters": ckpt.get("hyper_parameters") or {}})
+        if getattr(self, "_ckpt_overrides", None):
+            self.trainer.callbacks.append(ApplyOptimizerOverrides(self._ckpt_overrides))
 
     before_fit = _check_fit
     before_validate = before_test = before_predict = _check_step

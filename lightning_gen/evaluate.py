@@ -15,7 +15,6 @@ size see the same images, on one device or many (``--devices N`` launches N DDP 
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import time
@@ -29,6 +28,7 @@ from PIL import Image
 from torchmetrics import MeanMetric
 from tqdm.auto import tqdm
 
+from lightning_gen.checkpoints import hyper_parameters, load_checkpoint, resolve_class
 from lightning_gen.eval_records import (
     RunRecorder,
     SweepEvaluator,
@@ -40,18 +40,37 @@ from lightning_gen.eval_records import (
 from lightning_gen.metrics.evaluator import is_conditional, load_split
 from lightning_gen.metrics.extractors import build_extractor, to_uint8
 from lightning_gen.models.base import GenerativeModel
+from lightning_gen.outputs import (
+    ResultsNotSavedError,
+    check_dir_writable,
+    check_file_writable,
+    check_sample_folder,
+    remove_old_samples,
+)
 from lightning_gen.runs import atomic_write
 
 # ----------------------------------------------------------------------------------------------
 # Loading a run
 
 
-def _import(class_path: str):
-    module, _, name = class_path.rpartition(".")
+def _read_run_config(path: Path) -> dict:
+    """A run's ``config.yaml`` as a mapping; a one-line error naming the file otherwise."""
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import {class_path!r} ({err})") from err
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"run config {path} is not valid YAML{line} "
+                         f"({getattr(err, 'problem', None) or type(err).__name__}); fix it or pass "
+                         "--run_config with a valid one") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read run config {path} ({err})") from None
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"run config {path} holds a {type(cfg).__name__}, not a mapping with "
+                         "data and model sections; fix it or pass --run_config")
+    return cfg
 
 
 def _public(kwargs: dict) -> dict:
@@ -78,50 +97,61 @@ def run_config_path(ckpt_path: str | Path) -> Path:
     return Path(ckpt_path).resolve().parent.parent / "config.yaml"
 
 
-def load_run(ckpt_path: str, config: str | None = None, data_dir: str | None = None):
+def load_run(ckpt_path: str, config: str | None = None, data_dir: str | None = None,
+             trust_checkpoint: bool = False):
     """``(model, datamodule)`` of a checkpoint written by ``lightning-gen fit``.
 
     With ``config`` (a run's ``config.yaml`` or an experiment YAML), the model is built from the
     config's ``model`` section and the checkpoint must match it; otherwise the model is built from
     the hyperparameters stored in the checkpoint.
+
+    The checkpoint is unpickled safely, and the classes it (or the config) names are built only
+    if they are suite models / DataModules (:mod:`lightning_gen.checkpoints`), unless
+    ``trust_checkpoint``.
     """
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ValueError(f"{path} is not a PyTorch checkpoint ({type(err).__name__})") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+    ckpt = load_checkpoint(path, trust=trust_checkpoint)
+    if not isinstance(ckpt.get("state_dict"), dict):
         raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict)")
-    hparams = dict(ckpt.get("hyper_parameters") or {})
+    hparams = hyper_parameters(ckpt)
+    source = f"checkpoint {path}"
     if hparams.get("_class_path"):
-        _check_generator(_import(hparams["_class_path"]))
+        _check_generator(resolve_class(hparams["_class_path"], GenerativeModel,
+                                       trust=trust_checkpoint, source=source, role="model class"))
 
     cfg_path = Path(config) if config else run_config_path(path)
     cfg = {}
     if config and not cfg_path.is_file():
         raise FileNotFoundError(f"config not found: {cfg_path}")
     if cfg_path.is_file():
-        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        cfg = _read_run_config(cfg_path)
 
     # Data: config > checkpoint's datamodule hyperparameters.
     data_cfg = cfg.get("data") if isinstance(cfg.get("data"), dict) else None
+    dm_hp = ckpt.get("datamodule_hyper_parameters")
+    dm_hp = dm_hp if isinstance(dm_hp, dict) else {}
     if data_cfg and "class_path" in data_cfg:
         data_cls, data_kwargs = data_cfg["class_path"], dict(data_cfg.get("init_args") or {})
-    elif ckpt.get("datamodule_hyper_parameters", {}).get("_class_path"):
-        dm_hp = ckpt["datamodule_hyper_parameters"]
-        data_cls, data_kwargs = dm_hp["_class_path"], _public(dm_hp)
+        data_source = f"run config {cfg_path}"
+    elif dm_hp.get("_class_path"):
+        data_cls, data_kwargs, data_source = dm_hp["_class_path"], _public(dm_hp), source
     else:
         raise ValueError(f"no data configuration for {path}: pass --run_config with a data section")
     if data_dir is not None:
         data_kwargs["data_dir"] = data_dir
-    datamodule = _import(data_cls)(**data_kwargs)
+    data_class = resolve_class(data_cls, L.LightningDataModule, trust=trust_checkpoint,
+                               source=data_source, role="data class")
+    try:
+        datamodule = data_class(**data_kwargs)
+    except TypeError as err:
+        raise ValueError(f"cannot build {data_cls} from {data_source} ({err})") from None
 
     # Model: config's model section (checked against the checkpoint) > checkpoint hparams.
     model_cfg = cfg.get("model") if (config and isinstance(cfg.get("model"), dict)) else None
+    model_source = source
     if model_cfg and "class_path" in model_cfg:
         model_cls, model_kwargs = model_cfg["class_path"], dict(model_cfg.get("init_args") or {})
+        model_source = f"run config {cfg_path}"
         if hparams.get("_class_path") and hparams["_class_path"] != model_cls:
             raise ValueError(f"checkpoint holds a {hparams['_class_path']} but the config "
                              f"names {model_cls}")
@@ -132,8 +162,10 @@ def load_run(ckpt_path: str, config: str | None = None, data_dir: str | None = N
         model_cls, model_kwargs = hparams["_class_path"], _public(hparams)
     else:
         raise ValueError(f"{path} does not record its model class; pass --run_config")
+    model_class = resolve_class(model_cls, GenerativeModel, trust=trust_checkpoint,
+                                source=model_source, role="model class")
     try:
-        model = _import(model_cls)(**_tuples(model_kwargs))
+        model = model_class(**_tuples(model_kwargs))
     except TypeError as err:
         raise ValueError(f"cannot build {model_cls} from the config ({err})") from err
     try:
@@ -214,6 +246,7 @@ def evaluate(
     accelerator: str = "auto",
     devices: int = 1,
     progress: bool = True,
+    trust_checkpoint: bool = False,
 ) -> dict:
     """Evaluate a checkpoint the way papers do: FID, IS, KID, precision/recall (+ ELBO/IWAE).
 
@@ -249,16 +282,25 @@ def evaluate(
         accelerator: ``auto``, ``cpu``, ``gpu``, ...
         devices: Devices (DDP processes when > 1).
         progress: Show progress bars.
+        trust_checkpoint: Load the checkpoints (and the classes they name) even if they hold
+            more than the suite's checkpoints do; only for files whose origin you trust.
     """
-    if num_samples < 2:
-        raise ValueError(f"num_samples must be at least 2, got {num_samples}")
+    _check_num_samples(num_samples, isc_splits)
     checkpoints = find_checkpoints(ckpt_path)
     single = len(checkpoints) == 1
     if out is not None and not single:
         raise ValueError(f"--out names one JSON but {ckpt_path} holds {len(checkpoints)} "
                          "checkpoints; drop --out (each JSON goes to <run>/eval/)")
-    fabric = _fabric(accelerator, devices)
     kind = feature_extractor.partition(":")[0]
+
+    def json_path(ckpt) -> Path:
+        name = "" if single else f"_{ckpt.path.stem}"
+        return Path(out) if out else (run_config_path(ckpt.path).parent / "eval"
+                                      / f"{kind}_{reference}_{num_samples}{name}.json")
+
+    for ckpt in checkpoints:  # every output is checked before any work
+        check_file_writable(json_path(ckpt), "--out")
+    fabric = _fabric(accelerator, devices)
     evaluator, done = None, []
     rank0 = fabric.global_rank == 0
     with RunRecorder(protocol_name(kind, reference, num_samples)) as recorder:
@@ -266,27 +308,27 @@ def evaluate(
                    disable=single or not progress or not rank0)
         for ckpt in bar:
             started = time.perf_counter()
-            model, datamodule = load_run(str(ckpt.path), run_config, data_dir)
+            model, datamodule = load_run(str(ckpt.path), run_config, data_dir, trust_checkpoint)
             if evaluator is None:  # one extractor and one reference for every checkpoint
-                extractor = build_extractor(feature_extractor, weights_path)
+                extractor = build_extractor(feature_extractor, weights_path, trust_checkpoint)
                 evaluator = SweepEvaluator(extractor, batch_size=batch_size, cache_dir=cache_dir,
                                            isc_splits=isc_splits, kid_subsets=kid_subsets,
                                            kid_subset_size=kid_subset_size)
+                _check_cache_writable(evaluator, datamodule, reference)
             result = _evaluate_model(model, datamodule, evaluator, ckpt.path, feature_extractor,
                                      reference, num_samples, seed, batch_size, isc_splits,
                                      kid_subsets, iw_samples, fabric, progress and single)
             result["elapsed_s"] = round(time.perf_counter() - started, 2)
             if rank0:
-                name = "" if single else f"_{ckpt.path.stem}"
-                path = Path(out) if out else (run_config_path(ckpt.path).parent / "eval"
-                                              / f"{kind}_{reference}_{num_samples}{name}.json")
-                _write_json(path, result)
+                path = json_path(ckpt)
                 result["json_path"] = str(path)
-                recorder.record(ckpt, result)
+                # Printed first: a write that fails still leaves the numbers on the screen.
                 if single:
                     print(format_table(result), flush=True)
                 else:
                     bar.write(summary_line(ckpt, result))
+                _write_json(path, result)
+                recorder.record(ckpt, result)
             done.append((ckpt, result))
             del model
     if rank0:
@@ -298,7 +340,12 @@ def evaluate(
 
 def _write_json(path: Path, result: dict) -> None:
     text = json.dumps(result, indent=2) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    except OSError as err:
+        raise ResultsNotSavedError(
+            f"could not write the results to {path} ({err.strerror or err}); they are "
+            "printed above") from None
 
 
 def _evaluate_model(model, datamodule, evaluator, ckpt_path, feature_extractor, reference,
@@ -330,6 +377,33 @@ def _evaluate_model(model, datamodule, evaluator, ckpt_path, feature_extractor, 
     return result
 
 
+#: ``k`` of precision/recall's k-NN balls (GenerativeEvaluator's default): each set needs
+#: ``k + 1`` samples.
+PRC_NEIGHBORHOOD = 3
+
+
+def _check_num_samples(num_samples: int, isc_splits: int) -> None:
+    """Refuse, before any work, sample counts the metrics cannot be computed from."""
+    if isc_splits < 1:
+        raise ValueError(f"--isc_splits must be at least 1, got {isc_splits}")
+    minimum = max(2, isc_splits, PRC_NEIGHBORHOOD + 1)
+    if num_samples < minimum:
+        raise ValueError(
+            f"--num_samples {num_samples} is too few: the Inception Score needs one sample per "
+            f"split (--isc_splits {isc_splits}) and precision/recall {PRC_NEIGHBORHOOD + 1}; use "
+            f"--num_samples {minimum} or more (papers use 50000)")
+
+
+def _check_cache_writable(evaluator, datamodule, split: str) -> None:
+    """The reference cache entry exists, or its folder can be written."""
+    if split not in ("train", "test", "val"):
+        return  # load_split names the valid splits when the evaluation starts
+    dataset = load_split(datamodule, split)
+    entry = evaluator.cache.path(evaluator.reference_key(datamodule, split, len(dataset)))
+    if not entry.is_file():
+        check_dir_writable(evaluator.cache.cache_dir, "--cache_dir")
+
+
 def format_table(result: dict) -> str:
     rows = [("FID", "fid"), ("IS (mean)", "is_mean"), ("IS (std)", "is_std"),
             ("KID (mean)", "kid_mean"), ("KID (std)", "kid_std"), ("precision", "precision"),
@@ -357,6 +431,8 @@ def sample(
     run_config: str | None = None,
     accelerator: str = "auto",
     progress: bool = True,
+    overwrite: bool = False,
+    trust_checkpoint: bool = False,
 ) -> Path:
     """Write ``num_samples`` samples of a checkpoint as PNGs ``<out>/000000.png ...``.
 
@@ -373,16 +449,22 @@ def sample(
         run_config: Config whose ``model`` section to build the model from (see ``evaluate``).
         accelerator: ``auto``, ``cpu``, ``gpu``, ...
         progress: Show a progress bar.
+        overwrite: Write into a folder that is not empty, deleting the samples an earlier
+            ``sample`` wrote there (``NNNNNN.png``, ``samples.npz``, ``labels.txt``) first.
+        trust_checkpoint: Load the checkpoint (and the classes it names) even if it holds more
+            than the suite's checkpoints do; only for files whose origin you trust.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
+    folder = check_sample_folder(out, overwrite)
     fabric = _fabric(accelerator, 1)
-    model, _ = load_run(ckpt_path, run_config)
+    model, _ = load_run(ckpt_path, run_config, trust_checkpoint=trust_checkpoint)
     model.to(fabric.device)
     conditional = is_conditional(model)
     if class_label is not None and not conditional:
         raise ValueError(f"{type(model).__name__} is not class-conditional; drop --class_label")
-    folder = Path(out)
+    if overwrite:
+        remove_old_samples(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     arrays, all_labels = [], []
@@ -427,6 +509,12 @@ def sample(
 def main(args: list[str]) -> None:
     """``lightning-gen evaluate ...`` / ``lightning-gen sample ...`` (``args`` without the
     program name)."""
+    import sys
+
     from jsonargparse import CLI
 
-    CLI({"evaluate": evaluate, "sample": sample}, args=args, as_positional=False)
+    try:
+        CLI({"evaluate": evaluate, "sample": sample}, args=args, as_positional=False)
+    except ResultsNotSavedError as err:  # the work is done and printed; only the file is missing
+        print(f"lightning-gen: error: {err}", file=sys.stderr)
+        sys.exit(1)

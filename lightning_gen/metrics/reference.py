@@ -13,6 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -52,24 +55,61 @@ class ReferenceCache:
         return self.cache_dir / f"{slug}-{digest}.npz"
 
     def load(self, key: dict) -> dict | None:
-        """The cached entry (tensors and float64 FID statistics), or ``None`` on a miss."""
+        """The cached entry (tensors and float64 FID statistics), or ``None`` on a miss.
+
+        An entry that cannot be read (truncated, empty, keys missing) is reported with its path
+        and moved aside (``<name>.corrupt-<time>``), so it is recomputed and written anew.
+        """
         path = self.path(key)
         if not path.is_file():
             return None
-        with np.load(path, allow_pickle=False) as data:
-            if str(data["key"]) != self.key_string(key):  # a hash collision or a stale format
-                return None
-            return {
-                "features": torch.from_numpy(data["features"]),
-                "stats": {"mu": data["mu"], "sigma": data["sigma"]},
-                "path": path,
-            }
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if str(data["key"]) != self.key_string(key):  # a hash collision or stale format
+                    return None
+                entry = {
+                    "features": torch.from_numpy(data["features"]),
+                    "stats": {"mu": data["mu"], "sigma": data["sigma"]},
+                    "path": path,
+                }
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            self._set_aside(path, err)
+            return None
+        d = entry["features"].shape[-1] if entry["features"].ndim == 2 else -1
+        if entry["stats"]["mu"].shape != (d,) or entry["stats"]["sigma"].shape != (d, d):
+            self._set_aside(path, ValueError("features and statistics do not match"))
+            return None
+        return entry
 
-    def save(self, key: dict, features: torch.Tensor, stats: dict[str, np.ndarray]) -> Path:
+    @staticmethod
+    def _set_aside(path: Path, err: BaseException) -> None:
+        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            os.replace(path, aside)
+            where = f"moved to {aside}"
+        except FileNotFoundError:  # another process moved it first
+            where = "moved aside"
+        except OSError as move_err:
+            where = f"could not be moved aside ({move_err.strerror or move_err})"
+        print(f"lightning-gen: warning: reference cache {path} is corrupt ({type(err).__name__}: "
+              f"{reason}); {where}; recomputing the reference features", file=sys.stderr,
+              flush=True)
+
+    def save(self, key: dict, features: torch.Tensor,
+             stats: dict[str, np.ndarray]) -> Path | None:
+        """Write the entry atomically; a failed write (read-only or full disk) is a warning,
+        not an error: the evaluation does not need the cache (``None`` is returned)."""
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
                 np.savez(f, features=features.cpu().numpy(),
                          mu=stats["mu"], sigma=stats["sigma"],
                          key=np.array(self.key_string(key)))
 
-        return atomic_write(self.path(key), write)
+        try:
+            return atomic_write(self.path(key), write)
+        except OSError as err:
+            print(f"lightning-gen: warning: could not write the reference cache "
+                  f"{self.path(key)} ({err.strerror or err}); the next evaluation computes the "
+                  "reference features again", file=sys.stderr, flush=True)
+            return None
