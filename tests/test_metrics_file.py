@@ -150,6 +150,23 @@ def test_validation_and_epoch_values_match_a_csv_logger_in_the_same_run(tmp_path
     assert json.loads((run / "summary.json").read_text()) == expected_summary(rows)
 
 
+def test_tensorboard_run_folder_holds_what_tensorboard_received():
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    main(["fit", "--config", QUICKSTART, "--trainer.max_steps", "6", "--trainer.logger",
+          "lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.save_dir", "runs",
+          "--trainer.log_every_n_steps", "1", *FAST])
+    (metrics,) = Path("runs").glob("**/metrics.csv")
+    events = EventAccumulator(str(metrics.parent)).Reload()
+    # hp_metric: TensorBoardLogger's placeholder for log_hyperparams, not a logged scalar.
+    received = {(e.step, tag, e.value) for tag in events.Tags()["scalars"]
+                if tag not in ("epoch", "hp_metric") for e in events.Scalars(tag)}
+    rows = read_rows(metrics)
+    assert len(rows) == len(received) == 3 * 4
+    # TensorBoard stores float32: the same values to its precision.
+    assert {(r["step"], r["name"], float(torch.tensor(r["value"]))) for r in rows} == received
+
+
 def test_without_a_logger_files_go_to_default_root_dir_as_before():
     main(["fit", "--config", QUICKSTART, "--trainer.max_steps", "4", "--trainer.logger",
           "false", "--trainer.default_root_dir", "out", "--trainer.log_every_n_steps", "1",
@@ -307,3 +324,25 @@ def test_metrics_switch_refuses_a_too_small_split_before_training(tmp_path, caps
     assert "has 297 real images, fewer than the 1000 requested" in err
     assert not list(Path("runs").glob("*/*/checkpoints/*.ckpt"))
     assert not torch.cuda.is_initialized()
+
+
+@pytest.mark.slow
+def test_ddp_rank_zero_alone_writes_each_row_once(tmp_path):
+    cmd = [sys.executable, "-m", "lightning_gen.cli", "fit", "--config", QUICKSTART,
+           "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+           "--trainer.max_steps", "8", "--trainer.log_every_n_steps", "1",
+           "--model.init_args.g_width", "8", "--model.init_args.d_width", "8",
+           "--data.init_args.batch_size", "16", *FAST]
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR",
+                                                             "WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=280,
+                            env={**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "runs/lightning-gen").iterdir()
+    rows = read_rows(run / "metrics.csv")
+    assert sorted((r["step"], r["name"]) for r in rows) == sorted(
+        (step, name) for step in range(4) for name in GAN_NAMES)
+    # The values W&B received on rank 0 (losses averaged over the two ranks).
+    received = wandb_scalars(wait_for_run_log(run / "wandb"))
+    assert triples(rows) == {(r["step"], k, v) for r in received for k, v in r.items()
+                             if k not in ("step", "epoch")}
