@@ -150,6 +150,22 @@ def test_validation_and_epoch_values_match_a_csv_logger_in_the_same_run(tmp_path
     assert json.loads((run / "summary.json").read_text()) == expected_summary(rows)
 
 
+def test_a_csv_logger_run_continued_in_its_folder_keeps_the_earlier_rows():
+    # Lightning's CSV writer deletes metrics.csv in a folder it reopens: not the run's rows.
+    args = ["fit", "--config", QUICKSTART, "--trainer.logger",
+            "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs",
+            "--trainer.logger.version", "0", "--trainer.log_every_n_steps", "1", *FAST]
+    main([*args, "--trainer.max_steps", "4"])
+    (metrics,) = Path("runs").glob("**/metrics.csv")
+    first = read_rows(metrics)
+    main([*args, "--trainer.max_steps", "8", "--ckpt_path",
+          str(metrics.parent / "checkpoints/last.ckpt")])
+    rows = read_rows(metrics)
+    assert rows[: len(first)] == first and {r["step"] for r in rows[len(first):]} == {2, 3}
+    wide = (metrics.parent / "metrics_wide.csv").read_text().splitlines()
+    assert len(wide) == 1 + 4  # the CSVLogger's own rows, both runs'
+
+
 def test_tensorboard_run_folder_holds_what_tensorboard_received():
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_gen.callbacks.metrics import GenerativeMetricsCallback
 from lightning_gen.runs import atomic_write, run_dir
@@ -201,6 +202,7 @@ class MetricsFile(Callback):
     def attach(self, trainer: Trainer) -> MetricsFile:
         """Add this callback and its logger (after the trainer's loggers) to ``trainer``."""
         self.trainer = trainer
+        _redirect_csv_loggers(trainer, run_dir(trainer) / self.filename)
         if self not in trainer.callbacks:
             trainer.callbacks.append(self)
         if self.logger not in trainer.loggers:
@@ -362,9 +364,21 @@ def _is_number(value: Any) -> bool:
 
 def _redirect_csv_loggers(trainer: Trainer, path: Path) -> None:
     """A CSVLogger whose folder is the run folder would write its wide ``metrics.csv`` over
-    ours: it writes ``metrics_wide.csv`` there instead."""
+    ours: it writes ``metrics_wide.csv`` there instead. Lightning's CSV writer deletes an
+    existing ``metrics.csv`` when it opens a folder that is not empty (a run continued in its
+    folder): ours is moved out of its way meanwhile."""
     for logger in trainer.loggers:
-        if isinstance(logger, CSVLogger):
-            experiment = logger.experiment
-            if Path(experiment.metrics_file_path).resolve() == path.resolve():
-                experiment.metrics_file_path = str(path.with_name(CSV_LOGGER_FILE))
+        if not isinstance(logger, CSVLogger) or rank_zero_only.rank != 0:
+            continue
+        if Path(logger.log_dir, METRICS_FILE).resolve() != path.resolve():
+            continue
+        if getattr(logger, "_experiment", None) is None and path.is_file():
+            keep = path.with_name(f".{path.name}.keep")
+            os.replace(path, keep)
+            try:
+                logger.experiment  # noqa: B018 (creates the writer)
+            finally:
+                os.replace(keep, path)
+        experiment = logger.experiment
+        if Path(experiment.metrics_file_path).resolve() == path.resolve():
+            experiment.metrics_file_path = str(path.with_name(CSV_LOGGER_FILE))
