@@ -226,6 +226,10 @@ def test_sigkill_mid_run_leaves_only_complete_rows(tmp_path):
         assert math.isfinite(r["value"]) and r["g_steps"] == r["step"] + 1
     # Every logging call that reached the file is complete: all four values of each step.
     assert len(by_step) >= 3 and all(names == GAN_NAMES for names in by_step.values())
+    # summary.json (rewritten atomically) is whole: the summary of the rows up to its step.
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    upto = summary["train/d_loss"]["last_step"]
+    assert summary == expected_summary([r for r in rows if r["step"] <= upto])
 
 
 def test_a_resumed_run_appends_to_its_file_and_cuts_a_torn_line():
@@ -245,7 +249,14 @@ def test_a_resumed_run_appends_to_its_file_and_cuts_a_torn_line():
     assert sorted({r["step"] for r in second}) == [2, 3]  # batches 3 and 4 of the run
     assert [r["g_steps"] for r in second] == [3] * 4 + [4] * 4
     assert second[0]["wall_time"] >= first[-1]["wall_time"]  # time of the run, continued
-    assert json.loads((run / "summary.json").read_text()) == expected_summary(rows)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary == expected_summary(rows)
+    # The resumed W&B segment holds the bests of the whole run, not of its own rows only.
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 2
+    stored = wandb_summary(wait_for_run_log(run / "wandb"))
+    for name in ("train/d_loss", "train/g_loss"):
+        assert stored[f"{name}.best"] == summary[name]["best"]
+        assert stored[f"{name}.best_step"] == summary[name]["best_step"]
 
 
 class FakeQuality(L.Callback):

@@ -14,7 +14,9 @@
 
 ``<run>/summary.json`` holds ``{name: {"last", "last_step"[, "best", "best_step", "goal"]}}``
 for every logged scalar (``goal``: see :func:`goal_of`), rewritten atomically at each logging
-call that carries a name with a goal and when the trainer finishes. Values of
+call that carries a value with a goal (``train/`` values alone: at most every 10 s) and when
+the trainer finishes or stops on an error. After a SIGKILL it may lag ``metrics.csv`` by those
+seconds of training values; a resumed run rebuilds it from ``metrics.csv``. Values of
 :class:`~lightning_gen.callbacks.GenerativeMetricsCallback` also name their ``protocol``
 (``<extractor>-<reference split>-<N samples>``, e.g. ``inception-train-10000``).
 
@@ -184,12 +186,20 @@ class MetricsFile(Callback):
     Args:
         filename: Name of the metrics file in the run folder.
         summary_filename: Name of the summary file in the run folder.
+        summary_every_s: ``summary.json`` is rewritten at once when a logging call carries a
+            value with a goal that is not a ``train/`` value (FID, IS, validation ELBO or loss,
+            ...), but for training values alone at most every ``summary_every_s`` seconds
+            (each rewrite is a file rename, ~2 ms on some filesystems, which a step-by-step
+            logger would pay at every step; 0: at every such call). Always at the end of a
+            trainer call, and when it stops on an error.
     """
 
-    def __init__(self, filename: str = METRICS_FILE,
-                 summary_filename: str = SUMMARY_FILE) -> None:
+    def __init__(self, filename: str = METRICS_FILE, summary_filename: str = SUMMARY_FILE,
+                 summary_every_s: float = 10.0) -> None:
         self.filename = filename
         self.summary_filename = summary_filename
+        self.summary_every_s = summary_every_s
+        self._summary_written = -math.inf
         self.logger = MetricsFileLogger(self)
         self.trainer: Trainer | None = None
         self._folder: Path | None = None
@@ -275,17 +285,19 @@ class MetricsFile(Callback):
         writer = csv.writer(buffer, lineterminator="\n")
         if not self.path.is_file() or self.path.stat().st_size == 0:
             writer.writerow(HEADER)
-        improved, with_goal = [], False
+        improved, urgent, with_goal = [], False, False
         for name, value in metrics.items():
             if name == "epoch" or isinstance(value, str) or not _is_number(value):
                 continue  # epoch is a column; only scalars are rows
             value = float(value)
             writer.writerow((step, epoch, g_steps, wall_time, name, repr(value)))
             with_goal |= goal_of(name) is not None
+            urgent |= goal_of(name) is not None and not name.startswith("train/")
             if self._summary.update(name, value, step):
                 improved.append(name)
         self._append(buffer.getvalue().encode())
-        if with_goal:
+        if urgent or (with_goal and time.monotonic() - self._summary_written
+                      >= self.summary_every_s):
             self._write_summary()
         self._update_wandb(trainer, improved, [n for n in metrics if goal_of(n)])
 
@@ -311,6 +323,7 @@ class MetricsFile(Callback):
     def _write_summary(self) -> None:
         text = json.dumps(self.summary(), indent=2) + "\n"
         atomic_write(self.summary_path, lambda tmp: Path(tmp).write_text(text))
+        self._summary_written = time.monotonic()
 
     def finish(self) -> None:
         """Write the summary once more (end of a trainer call, or a failure) and forget the
