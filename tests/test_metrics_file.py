@@ -345,7 +345,8 @@ def test_metrics_switch_refuses_a_too_small_split_before_training(tmp_path, caps
     with pytest.raises(SystemExit) as info:
         main(["fit", "--config", QUICKSTART, "--metrics.every_n_epochs", "1",
               "--metrics.feature_extractor", f"classifier:{ckpt}", "--metrics.reference",
-              "test", "--metrics.num_samples", "1000", *FAST])
+              "test", "--metrics.num_samples", "1000", "--metrics.cache_dir",
+              str(tmp_path / "cache"), *FAST])
     err = capsys.readouterr().err
     assert info.value.code == 2 and "Traceback" not in err
     assert "has 297 real images, fewer than the 1000 requested" in err
