@@ -27,8 +27,10 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from datamodules.base import DatasetNotFoundError, ImageDataModule
 from lightning_gen.callbacks.images import ImageGridCallback
+from lightning_gen.callbacks.metrics_file import MetricsFile
 from lightning_gen.callbacks.performance import Performance
 from lightning_gen.callbacks.progress import ProgressBar
+from lightning_gen.callbacks.training_metrics import TrainingMetrics
 from lightning_gen.checkpoints import safe_globals
 from lightning_gen.loggers import WandbLogger, slurm_job_step, slurm_restarts
 from lightning_gen.models.base import GenerativeModel, NonFiniteLossError
@@ -76,6 +78,8 @@ class LightningGenCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # --performance.channels_last / --performance.compile (off by default).
         parser.add_lightning_class_args(Performance, "performance")
+        # --metrics.every_n_epochs N: FID/IS/KID/PR while training (off by default).
+        parser.add_lightning_class_args(TrainingMetrics, "metrics")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
         parser.add_argument("--trust_checkpoint", type=bool, default=False,
                             help="Load --ckpt_path even if it holds more than the suite's "
@@ -114,6 +118,7 @@ class LightningGenCLI(LightningCLI):
                 kwargs["default_root_dir"] = str(folder)
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.insert(0, ImagesSeen())  # W&B's `images_seen` x-axis
+        MetricsFile().attach(trainer)  # <run>/metrics.csv and summary.json, whatever the logger
         _check_launch(trainer)
         return trainer
 

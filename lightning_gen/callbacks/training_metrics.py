@@ -1,0 +1,94 @@
+"""Sample quality while training, one switch: the CLI's ``--metrics.*`` options.
+
+    lightning-gen fit --config experiments/dcgan_cifar10.yaml --metrics.every_n_epochs 5 \\
+        --metrics.num_samples 10000 --metrics.reference train
+
+Off by default (``every_n_epochs 0``): then nothing is built, loaded or downloaded and no hook
+does any work. On, it is :class:`~lightning_gen.callbacks.GenerativeMetricsCallback`: every
+``every_n_epochs`` epochs it logs ``metrics/fid``, ``metrics/is_mean``, ``metrics/kid_mean``,
+``metrics/precision``, ``metrics/recall`` (and ``metrics/cas`` for class-conditional models with
+a classifier extractor). The protocol (extractor, reference split, number of samples) is in the
+run's ``config.yaml`` (``metrics.*``), in ``summary.json`` (``"protocol":
+"inception-train-10000"`` beside each value) and in W&B's summary (``metrics/protocol``).
+"""
+
+from __future__ import annotations
+
+from lightning import LightningModule, Trainer
+
+from lightning_gen.callbacks.metrics import GenerativeMetricsCallback
+
+
+class TrainingMetrics(GenerativeMetricsCallback):
+    """FID / IS / KID / precision-recall every ``every_n_epochs`` epochs; off when 0.
+
+    On, the extractor is built and the reference features are computed (or read from the
+    cache) when fitting starts, so a missing weights file, a wrong checkpoint or a reference
+    split smaller than ``num_samples`` stops the run before the first epoch, not after it.
+
+    Args:
+        every_n_epochs: Interval in training epochs; 0 (default): off, also at ``test``.
+        num_samples: Generated samples per evaluation (the papers: 50,000 or 10,000; fewer
+            while training is cheaper, but FID is biased upwards at small N, so compare
+            numbers of the same protocol only).
+        reference: Real split to compare with (``train`` or ``test``).
+        feature_extractor: ``inception`` (torch-fidelity's Inception-v3, downloaded once unless
+            ``weights_path`` is given) or ``classifier:<checkpoint>`` (a domain classifier
+            trained with ``experiments/evaluator_*.yaml``, no download).
+        weights_path: Local Inception-v3 weights for offline machines.
+        batch_size: Samples per generated batch.
+        seed: Base seed of the samples (the same noise every evaluation).
+        cache_dir: Reference-feature cache folder (default ``$LIGHTNING_GEN_CACHE`` or
+            ``~/.cache/lightning-gen/reference``).
+        kid_subset_size: KID subset size (capped at the sample count).
+        isc_splits: Inception Score splits.
+        prefix: Prefix of the logged names.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 0,
+        num_samples: int = 10_000,
+        reference: str = "train",
+        feature_extractor: str = "inception",
+        weights_path: str | None = None,
+        batch_size: int = 100,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        kid_subset_size: int = 1000,
+        isc_splits: int = 10,
+        prefix: str = "metrics/",
+    ) -> None:
+        super().__init__(every_n_epochs=every_n_epochs, num_samples=num_samples,
+                         reference=reference, feature_extractor=feature_extractor,
+                         weights_path=weights_path, batch_size=batch_size, seed=seed,
+                         cache_dir=cache_dir, kid_subset_size=kid_subset_size,
+                         isc_splits=isc_splits, prefix=prefix)
+        if num_samples < max(2, isc_splits):
+            raise ValueError(f"metrics.num_samples must be at least {max(2, isc_splits)} "
+                             f"(FID needs 2, the Inception Score one per split), got {num_samples}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_n_epochs > 0
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.enabled:
+            super().setup(trainer, pl_module, stage)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.enabled:
+            if trainer.datamodule is None:
+                raise ValueError("--metrics.every_n_epochs needs a DataModule for the reference "
+                                 "images")
+            # Fail before training on a split too small; compute (and cache) its features now.
+            self.evaluator.reference(trainer.datamodule, self.reference, pl_module.device,
+                                     min_images=self.num_samples)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.enabled:
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.enabled:
+            super().on_test_epoch_end(trainer, pl_module)
