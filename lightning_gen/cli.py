@@ -29,6 +29,7 @@ from datamodules.base import DatasetNotFoundError, ImageDataModule
 from lightning_gen.callbacks.images import ImageGridCallback
 from lightning_gen.callbacks.performance import Performance
 from lightning_gen.callbacks.progress import ProgressBar
+from lightning_gen.commands import usage
 from lightning_gen.loggers import WandbLogger, slurm_job_step, slurm_restarts
 from lightning_gen.models.base import GenerativeModel, NonFiniteLossError
 from lightning_gen.runs import atomic_write, logger_dir, run_dir
@@ -224,6 +225,10 @@ def default_logger() -> dict:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lightning-gen`` console script."""
     argv = sys.argv[1:] if args is None else list(args)
+    if not argv or argv[0] in ("-h", "--help"):
+        # Every command, LightningCLI's and ours (lightning_gen.commands); exit 2 when none given.
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)
     try:
         if argv[:1] and argv[0] in ("evaluate", "sample"):
             # Evaluation commands (lightning_gen.evaluate), not LightningCLI subcommands.
