@@ -192,8 +192,8 @@ def _check_launch(trainer) -> None:
             and "MASTER_ADDR" not in os.environ):
         raise ValueError(
             f"--trainer.num_nodes {trainer.num_nodes} needs a process on every node: start the "
-            "command with torchrun or srun on each (README, 'Multi-node'), or set MASTER_ADDR, "
-            "MASTER_PORT and NODE_RANK on each node yourself")
+            "command with torchrun or srun on each (docs/scaling.md, 'Multi-node'), or set "
+            "MASTER_ADDR, MASTER_PORT and NODE_RANK on each node yourself")
 
 
 def _requeued_checkpoint(trainer) -> str | None:
