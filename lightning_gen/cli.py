@@ -32,6 +32,7 @@ from lightning_gen.callbacks.performance import Performance
 from lightning_gen.callbacks.progress import ProgressBar
 from lightning_gen.callbacks.training_metrics import TrainingMetrics
 from lightning_gen.checkpoints import safe_globals
+from lightning_gen.commands import usage
 from lightning_gen.loggers import WandbLogger, slurm_job_step, slurm_restarts
 from lightning_gen.models.base import GenerativeModel, NonFiniteLossError
 from lightning_gen.resume import (
@@ -223,8 +224,8 @@ def _check_launch(trainer) -> None:
             and "MASTER_ADDR" not in os.environ):
         raise ValueError(
             f"--trainer.num_nodes {trainer.num_nodes} needs a process on every node: start the "
-            "command with torchrun or srun on each (README, 'Multi-node'), or set MASTER_ADDR, "
-            "MASTER_PORT and NODE_RANK on each node yourself")
+            "command with torchrun or srun on each (docs/scaling.md, 'Multi-node'), or set "
+            "MASTER_ADDR, MASTER_PORT and NODE_RANK on each node yourself")
 
 
 def _requeued_checkpoint(trainer) -> str | None:
@@ -256,6 +257,10 @@ def default_logger() -> dict:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lightning-gen`` console script."""
     argv = sys.argv[1:] if args is None else list(args)
+    if not argv or argv[0] in ("-h", "--help"):
+        # Every command, LightningCLI's and ours (lightning_gen.commands); exit 2 when none given.
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)
     try:
         if argv[:1] and argv[0] in ("evaluate", "sample"):
             # Evaluation commands (lightning_gen.evaluate), not LightningCLI subcommands.

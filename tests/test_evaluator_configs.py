@@ -17,10 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("name, data_fixture, shape", [
     ("evaluator_mnist.yaml", "mnist_dir", (1, 28, 28)),
     ("evaluator_cifar10.yaml", "cifar10_dir", (3, 32, 32)),
+    ("evaluator_digits.yaml", None, (1, 32, 32)),  # scikit-learn's digits: no data folder
 ])
 def test_evaluator_config_fits_and_its_checkpoint_extracts_features(
         name, data_fixture, shape, request, tmp_path):
-    data_dir = request.getfixturevalue(data_fixture)
+    data_dir = request.getfixturevalue(data_fixture) if data_fixture else tmp_path / "unused"
     main(["fit", "--config", str(ROOT / "experiments" / name),
           "--data.data_dir", str(data_dir), "--data.batch_size", "8", "--model.width", "4",
           "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",

@@ -71,7 +71,7 @@ def wait_all(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Multi-node: the README's torchrun and SLURM commands, two nodes of one process each
+# Multi-node: the torchrun and SLURM commands of docs/scaling.md, two nodes of one process each
 @pytest.mark.slow
 def test_torchrun_two_nodes_train_into_one_run_folder():
     port = str(free_port())

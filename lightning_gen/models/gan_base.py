@@ -13,7 +13,7 @@ network's updates explicitly, are logged, and are saved in checkpoints.
 Subclasses provide ``generator`` and ``discriminator`` modules and the two loss hooks; they may
 override ``generate``/``discriminate`` (conditioning) and ``sample_noise``.
 
-Scaling (README, "Scaling"): mixed precision goes through Lightning's precision plugin
+Scaling (docs/scaling.md): mixed precision goes through Lightning's precision plugin
 (``manual_backward`` scales, each ``opt.step()`` unscales, one GradScaler for both optimizers);
 gradient penalties use :meth:`GANBase.input_gradients`; with ``ema_decay > 0`` an exponential
 moving average of the generator (Karras et al. 2018; Yazici et al. 2019) is kept and used by
