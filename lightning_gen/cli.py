@@ -26,6 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from datamodules.base import DatasetNotFoundError, ImageDataModule
+from lightning_gen import faults
 from lightning_gen.callbacks.images import ImageGridCallback
 from lightning_gen.callbacks.performance import Performance
 from lightning_gen.callbacks.progress import ProgressBar
@@ -85,12 +86,16 @@ class LightningGenCLI(LightningCLI):
             folder = logger_dir(trainer_config.get("logger"))
             if folder is not None:
                 kwargs["default_root_dir"] = str(folder)
+        # Atomic checkpoints; a checkpoint at SIGTERM/SIGINT (lightning_gen.faults).
+        kwargs = faults.configure_trainer(trainer_config, kwargs)
         trainer = super().instantiate_trainer(**kwargs)
         _check_launch(trainer)
+        faults.check_run_folder(trainer)
         return trainer
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is not None:
+            faults.check_ckpt_path(self.config[self.subcommand])
             _resume_latest_run(self.config[self.subcommand])
 
     # Missing data, and a model built for other images or labels, are reported before anything
@@ -241,6 +246,14 @@ def main(args: list[str] | None = None) -> None:
             parser_kwargs={"description": DESCRIPTION},
             args=args,
         )
+    except faults.REPORTED as err:
+        # A signal, a damaged data file, a checkpoint that could not be written: one line
+        # saying what was saved where (lightning_gen.faults), exit 143/130/1/2.
+        if os.environ.get(DEBUG_ENV):
+            traceback.print_exc()
+        line, code = faults.report(err)
+        print(line, file=sys.stderr, flush=True)
+        sys.exit(code)
     except (DatasetNotFoundError, FileNotFoundError, ValueError,
             MisconfigurationException) as err:
         # Errors a user can cause (missing data, shapes that do not fit, bad values, trainer
@@ -248,7 +261,7 @@ def main(args: list[str] | None = None) -> None:
         # LIGHTNING_GEN_DEBUG=1.
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()
-        print(f"lightning-gen: error: {err}", file=sys.stderr)
+        print(f"lightning-gen: error: {faults.one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except NonFiniteLossError as err:
         # Divergence is not a usage error: exit 1, one line, last good checkpoint named.
