@@ -44,9 +44,10 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
 
 class CorruptFiles:
     """What a dataset of one file per image does with a file it cannot decode: raise
-    :class:`CorruptDataError` naming it, or (``skip=True``) count it, say so on stderr and let
-    the dataset serve the next image instead. The counts live in a small shared-memory tensor,
-    one slot per DataLoader worker, so the main process can report the total."""
+    :class:`CorruptDataError` naming it, or (``skip=True``) count it, say so on stderr (once per
+    file and process) and let the dataset serve the next image instead. The counts live in a
+    small shared-memory tensor, one slot per DataLoader worker, so the main process can report
+    the total (a file met by two workers counts twice)."""
 
     max_consecutive = 100  # a folder where everything fails is not "a few corrupt files"
 
@@ -54,6 +55,7 @@ class CorruptFiles:
         self.dataset = dataset
         self.skip = skip
         self.counts = torch.zeros(256, dtype=torch.int64).share_memory_()
+        self.seen: set[str] = set()  # per process
 
     def failed(self, path: str, err: BaseException, attempt: int) -> None:
         """Record that ``path`` could not be read; raises unless it is to be skipped."""
@@ -62,6 +64,9 @@ class CorruptFiles:
             raise CorruptDataError(
                 f"{self.dataset}: cannot read {path} ({reason}). Replace or delete the file, "
                 "or pass --data.skip_corrupt true to skip files that cannot be read")
+        if path in self.seen:
+            return
+        self.seen.add(path)
         info = torch.utils.data.get_worker_info()
         self.counts[0 if info is None else 1 + info.id % 255] += 1
         print(f"lightning-gen: warning: {self.dataset}: skipping {path} ({reason})",

@@ -76,7 +76,7 @@ def serialized_size(obj: Any) -> int:
 
 
 def megabytes(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e6:.2f} MB"
 
 
 def _open(path: str):

@@ -131,9 +131,17 @@ def save_last(trainer: Trainer) -> str:
     if (callback is not None and callback.last_model_path == str(path) and path.is_file()
             and callback._last_global_step_saved == trainer.global_step):
         return str(path)
-    trainer.save_checkpoint(path)
-    if callback is not None:
-        callback.last_model_path = str(path)
+    if callback is None:
+        trainer.save_checkpoint(path, weights_only=False)
+        return str(path)
+    # Recorded before the save, so the checkpoint's own ModelCheckpoint state owns last.ckpt:
+    # after a resume it is overwritten, not left beside a new last-v1.ckpt.
+    previous, callback.last_model_path = callback.last_model_path, str(path)
+    try:
+        trainer.save_checkpoint(path, weights_only=False)
+    except BaseException:
+        callback.last_model_path = previous
+        raise
     return str(path)
 
 
