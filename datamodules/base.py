@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -240,6 +241,7 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=_ignore_sigint if self.num_workers > 0 else None,
         )
 
     def _load(self, split: str, download: bool) -> Dataset:
@@ -287,6 +289,13 @@ class ImageDataModule(L.LightningDataModule):
             f"Expected files:\n{files}\n"
             f"{self.download_hint or 'Run once with network access (download=True), or copy the files there.'}"
         )
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: a worker that died of it would fail the batch
+    the main process is still finishing before it saves (lightning_gen.faults). The main
+    process stops the workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _existing_dirs(root: Path) -> set[Path]:
