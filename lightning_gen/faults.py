@@ -190,9 +190,17 @@ def report(err: BaseException) -> tuple[str, int]:
         name = signal.Signals(signum).name
         return f"lightning-gen: stopped by {name}{_saved(err)}", 128 + int(signum)
     if isinstance(err, CorruptDataError):
-        if hasattr(err, "step"):  # met while training
-            return f"lightning-gen: training stopped: {err}{_saved(err)}", 1
-        return f"lightning-gen: error: {err}", 2
+        if not hasattr(err, "step"):  # before the run started
+            return f"lightning-gen: error: {err}", 2
+        checkpoint = getattr(err, "checkpoint", None)
+        if checkpoint:
+            saved = (f"Saved the state before it: {checkpoint}. Resume: the same command with "
+                     "--ckpt_path last")
+        elif getattr(err, "save_error", None):
+            saved = f"The checkpoint could not be saved: {err.save_error}"
+        else:
+            saved = "No checkpoint was saved"
+        return f"lightning-gen: training stopped at step {err.step}: {err}. {saved}", 1
     return f"lightning-gen: training stopped: {err}", 1
 
 

@@ -295,10 +295,10 @@ def test_a_celeba_jpeg_that_goes_bad_is_named_after_the_state_is_saved(celeba_di
                         callback("CorruptAt", path=str(image), step=2)], capsys)
     ckpt = only_run_dir() / "checkpoints/last.ckpt"
     assert code == 1
-    assert line.startswith(f"lightning-gen: training stopped: CelebA: cannot read {image} "
-                           "(OSError: ")
-    step = int(re.search(r" at step (\d+); saved ", line).group(1))
-    assert line.endswith(f" at step {step}; saved {ckpt}. Resume: the same command with "
+    step = int(re.match(r"lightning-gen: training stopped at step (\d+): ", line).group(1))
+    assert line.startswith(f"lightning-gen: training stopped at step {step}: CelebA: cannot "
+                           f"read {image} (OSError: ")
+    assert line.endswith(f"Saved the state before it: {ckpt}. Resume: the same command with "
                          "--ckpt_path last")
     assert step >= 2 and load(ckpt)["global_step"] == step
 
