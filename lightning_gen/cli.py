@@ -252,7 +252,8 @@ def main(args: list[str] | None = None) -> None:
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()
         line, code = faults.report(err)
-        print(line, file=sys.stderr, flush=True)
+        if line:
+            print(line, file=sys.stderr, flush=True)
         sys.exit(code)
     except (DatasetNotFoundError, FileNotFoundError, ValueError,
             MisconfigurationException) as err:

@@ -25,6 +25,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from datamodules.base import CorruptDataError
 from lightning_gen.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
@@ -54,68 +55,98 @@ def configure_trainer(trainer_config: dict, kwargs: dict) -> dict:
 class SaveOnInterrupt(Callback):
     """Save the state a run reached when it is stopped from outside or by a damaged file.
 
-    Lightning turns SIGTERM into a ``SIGTERMException`` at the next batch boundary (under DDP
-    at the same batch on every rank); SIGINT is routed the same way here (a first Ctrl-C asks
-    for a clean stop, a second stops at once) instead of a ``KeyboardInterrupt`` in the middle
-    of an optimizer step. In ``on_exception`` the state is then a consistent one (the loops'
-    counters of the last completed batch) and is saved as the run's ``last.ckpt`` through the
-    trainer, so ``--ckpt_path last`` continues from that step. Lightning finishes the loggers
-    (the W&B run) after this hook; the CLI prints :func:`report`'s line and exits 143/130.
+    While training runs, SIGTERM (a scheduler, ``timeout``, ``docker stop``) and SIGINT
+    (Ctrl-C) only set a flag here; at the end of the current training batch (Lightning's own
+    mid-epoch checkpoint point, so ``--ckpt_path last`` continues at the next batch) the state
+    is saved as the run's ``last.ckpt`` and the run stops with ``SIGTERMException`` carrying
+    the signal, the step and the checkpoint; Lightning then finishes the loggers (the W&B run)
+    and the CLI prints :func:`report`'s line and exits 143 / 130. A second Ctrl-C stops at once.
+    Under DDP the ranks agree on the flag at every batch end (one small all-reduce; Lightning's
+    own SIGTERM handling stops rank 0 alone, and a checkpoint there would wait for the others
+    forever), so all ranks save and stop at the same batch. SIGUSR1 (SLURM's requeue signal,
+    Lightning's ``hpc_ckpt`` save and requeue) is left alone. A signal during validation takes
+    effect at the next training batch end.
 
     A :class:`~datamodules.base.CorruptDataError` raised while training saves the state before
     the batch that could not be loaded (single process only: under DDP the other ranks wait in
     a collective and could not join the save).
     """
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self) -> None:
         self.signum: int | None = None
-        self._previous_sigint: Any = None
+        self._previous: dict[int, Any] = {}
 
     # ------------------------------------------------------------------------------------------
     # Signals
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.signum = None
         if threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, lambda signum, frame: self._on_sigint(trainer))
+            self._previous = {signum: signal.getsignal(signum) for signum in self.SIGNALS}
+            for signum in self.SIGNALS:
+                signal.signal(signum, self._on_signal)
 
-    def _on_sigint(self, trainer: Trainer) -> None:
-        if self.signum == signal.SIGINT:
-            raise KeyboardInterrupt  # the second Ctrl-C: stop now, without a checkpoint
-        self.signum = signal.SIGINT
-        # Lightning's own flag: the loops stop at the next batch boundary (and tell all ranks).
-        trainer._signal_connector.received_sigterm = True
-        print("\nlightning-gen: interrupted: saving a checkpoint at the end of this batch "
-              "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # the second Ctrl-C: stop now, without a checkpoint
+            return
+        self.signum = signum
+        if signum == signal.SIGINT:
+            print("\nlightning-gen: interrupted: saving a checkpoint at the end of this batch "
+                  "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
-    def _restore_sigint(self) -> None:
-        if self._previous_sigint is not None:
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+    def _restore_signals(self) -> None:
+        if self._previous and threading.current_thread() is threading.main_thread():
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+        self._previous = {}
 
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        stop = self.signum is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        stopped = SIGTERMException()
+        stopped.signum = self.signum or signal.SIGTERM  # a rank the signal did not reach
+        _save_for(stopped, trainer)
+        raise stopped
+
+    # Lightning calls on_train_end before it restores the handlers it found (success), and
+    # on_exception before its teardown (failure): give back ours first in both cases.
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._restore_sigint()
+        self._restore_signals()
 
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._restore_sigint()
-
-    # ------------------------------------------------------------------------------------------
     def on_exception(self, trainer: Trainer, pl_module: LightningModule,
                      exception: BaseException) -> None:
-        self._restore_sigint()
-        if isinstance(exception, SIGTERMException):
-            exception.signum = self.signum or signal.SIGTERM
-        elif not (isinstance(exception, CorruptDataError) and trainer.world_size == 1):
+        self._restore_signals()
+        if hasattr(exception, "step"):
+            return  # raised (and saved) by on_train_batch_end
+        if isinstance(exception, SIGTERMException):  # Lightning's own, outside training batches
+            exception.signum = signal.SIGTERM
+        elif not isinstance(exception, CorruptDataError):
             return
-        exception.step = trainer.global_step
-        exception.checkpoint, exception.save_error = None, None
-        if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.global_step == 0:
+        if trainer.world_size > 1:
+            exception.step, exception.checkpoint, exception.save_error = (
+                trainer.global_step, None, None)
             return
-        try:
-            exception.checkpoint = save_last(trainer)
-        except CheckpointWriteError as err:
-            exception.save_error = str(err)
+        _save_for(exception, trainer)
+
+
+def _save_for(exception: BaseException, trainer: Trainer) -> None:
+    """Save the trainer's state for ``exception`` (while fitting, after a training step) and
+    record the step, the checkpoint (or why it could not be saved) on it for :func:`report`."""
+    exception.step = trainer.global_step
+    exception.checkpoint, exception.save_error = None, None
+    if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.global_step == 0:
+        return
+    try:
+        exception.checkpoint = save_last(trainer)
+    except CheckpointWriteError as err:
+        exception.save_error = str(err)
 
 
 def save_last(trainer: Trainer) -> str:
@@ -184,9 +215,11 @@ def check_run_folder(trainer: Trainer) -> None:
 # ----------------------------------------------------------------------------------------------
 # What the user reads
 def report(err: BaseException) -> tuple[str, int]:
-    """The line the CLI prints for ``err`` and the exit status."""
+    """The line the CLI prints for ``err`` (empty: nothing to print) and the exit status."""
     if isinstance(err, SIGTERMException):
         signum = getattr(err, "signum", signal.SIGTERM)
+        if rank_zero_only.rank != 0:
+            return "", 128 + int(signum)  # all ranks stopped together; rank 0 says so
         name = signal.Signals(signum).name
         return f"lightning-gen: stopped by {name}{_saved(err)}", 128 + int(signum)
     if isinstance(err, CorruptDataError):

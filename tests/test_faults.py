@@ -269,6 +269,34 @@ def test_sigterm_mid_epoch_saves_the_step_reached_and_resume_continues_from_it(t
     assert last["gan_steps"] == {"d_steps": saved // 2 + 2, "g_steps": saved // 2 + 2}
 
 
+@pytest.mark.slow
+def test_sigterm_to_rank_0_of_a_ddp_fit_stops_every_rank_at_the_same_batch(tmp_path):
+    # Lightning's own SIGTERM handling stops rank 0 alone: a checkpoint there would wait for
+    # rank 1 forever (seen here before the ranks agreed on the flag at every batch end).
+    marker = tmp_path / "steps.txt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_gen.cli", "fit", *TINY, "--trainer.max_steps", "1000",
+         "--trainer.strategy", "ddp_find_unused_parameters_true", "--trainer.devices", "2",
+         callback("StepMarker", path=str(marker), delay=0.2)],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(steps_seen(marker)) < 8:  # both ranks write
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # rank 0 only; rank 1 is its child process
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    ckpt = only_run_dir() / "checkpoints/last.ckpt"
+    (line,) = [x for x in err.splitlines() if x.startswith("lightning-gen:")]
+    step = load(ckpt)["global_step"]
+    assert line == (f"lightning-gen: stopped by SIGTERM at step {step}; saved {ckpt}. Resume: "
+                    "the same command with --ckpt_path last")
+    assert load(ckpt)["gan_steps"] == {"d_steps": step // 2, "g_steps": step // 2}
+
+
 def test_ctrl_c_saves_at_the_end_of_the_batch_and_exits_130(capsys):
     with pytest.raises(SystemExit) as info:
         main(["fit", *TINY, "--trainer.max_steps", "1000",
