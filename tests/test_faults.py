@@ -33,6 +33,7 @@ from lightning_gen.callbacks import images
 from lightning_gen.checkpoint_io import AtomicCheckpointIO, DiskFullError
 from lightning_gen.cli import LightningGenCLI, main
 from tests.faults_helpers import FillingFile, steps_seen
+from tests.test_launchers import preempted_fit, slurm_job  # noqa: F401 (a fixture)
 from tests.wandb_log import wait_for_run_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,6 +195,27 @@ def test_every_fit_and_a_ddp_fit_save_through_the_suites_checkpoint_io():
     ddp = LightningGenCLI(args=[*TINY, "--trainer.strategy", "ddp", "--trainer.devices", "2"],
                           run=False, save_config_callback=None)
     assert type(ddp.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
+
+
+@pytest.mark.usefixtures("slurm_job")  # a SLURM job with a stand-in scontrol in tmp_path
+def test_slurms_preemption_checkpoint_is_written_by_the_suites_checkpoint_io(tmp_path,
+                                                                            monkeypatch):
+    # SIGUSR1 under SLURM: Lightning's handler saves hpc_ckpt_N.ckpt through the strategy's
+    # checkpoint IO (ours) and requeues the job, as before (tests/test_launchers.py).
+    saved = []
+    real_save = AtomicCheckpointIO.save_checkpoint
+
+    def recording_save(self, checkpoint, path, storage_options=None):
+        saved.append(Path(path).name)
+        return real_save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recording_save)
+    preempted_fit(max_steps=8, at_step=4)
+    assert saved == ["hpc_ckpt_1.ckpt"]
+    assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "4242"]
+    run = Path("runs/lightning-gen/quickstart-slurm4242.0")
+    assert load(run / "hpc_ckpt_1.ckpt")["global_step"] == 4
+    assert not temp_files(run)
 
 
 @pytest.mark.slow
