@@ -32,6 +32,7 @@ from lightning_gen import checkpoint_io
 from lightning_gen.callbacks import images
 from lightning_gen.checkpoint_io import AtomicCheckpointIO, DiskFullError
 from lightning_gen.cli import LightningGenCLI, main
+from lightning_gen.runs import atomic_write
 from tests.faults_helpers import FillingFile, steps_seen
 from tests.test_launchers import preempted_fit, slurm_job  # noqa: F401 (a fixture)
 from tests.wandb_log import wait_for_run_log
@@ -126,6 +127,28 @@ def test_a_checkpoint_is_renamed_into_place_from_its_own_folder_and_fsynced(othe
     assert [(a.parent, b) for a, b in replaced] == [(target.parent, target)] * 2
     assert len(synced) >= 4
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_atomic_write_fsyncs_file_and_folder_and_a_failed_write_keeps_the_old_file(
+        tmp_path, monkeypatch):
+    # Configs, PNGs, JSON, caches and samples go through runs.atomic_write.
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))[1])
+    target = tmp_path / "summary.json"
+    atomic_write(target, lambda tmp: Path(tmp).write_text('{"fid": 1}'))
+    assert [p.parent for p in synced] == [tmp_path, tmp_path.parent]  # the new file, its folder
+    assert synced[0].name.startswith(".summary.json.") and synced[1] == tmp_path
+
+    def half_then_full(tmp):
+        Path(tmp).write_text('{"fi')
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(target, half_then_full)
+    assert target.read_text() == '{"fid": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 
 def test_lightnings_own_checkpoint_io_stages_in_the_temp_dir(other_fs_dir, monkeypatch):
