@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +19,63 @@ class DatasetNotFoundError(FileNotFoundError):
 
     The CLI prints its message without a traceback.
     """
+
+
+class CorruptDataError(RuntimeError):
+    """A data file exists but cannot be read (truncated, not an image, ...); the message names
+    the file and the dataset in one line.
+
+    Raised in a DataLoader worker, it reaches the main process re-created from a message that
+    holds the worker's traceback; only the original one-line message is kept.
+    """
+
+    def __init__(self, message: str) -> None:
+        prefix = f"{type(self).__name__}: "
+        if message.startswith("Caught ") and "Original Traceback" in message:
+            lines = [line for line in message.splitlines() if prefix in line]
+            if lines:
+                message = lines[-1].split(prefix, 1)[1]
+        super().__init__(message)
+
+
+#: Exceptions a damaged file raises while it is decoded (PIL: OSError/UnidentifiedImageError
+#: for truncated or unknown data, SyntaxError/ValueError for broken headers).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
+
+
+class CorruptFiles:
+    """What a dataset of one file per image does with a file it cannot decode: raise
+    :class:`CorruptDataError` naming it, or (``skip=True``) count it, say so on stderr (once per
+    file and process) and let the dataset serve the next image instead. The counts live in a
+    small shared-memory tensor, one slot per DataLoader worker, so the main process can report
+    the total (a file met by two workers counts twice)."""
+
+    max_consecutive = 100  # a folder where everything fails is not "a few corrupt files"
+
+    def __init__(self, dataset: str, skip: bool) -> None:
+        self.dataset = dataset
+        self.skip = skip
+        self.counts = torch.zeros(256, dtype=torch.int64).share_memory_()
+        self.seen: set[str] = set()  # per process
+
+    def failed(self, path: str, err: BaseException, attempt: int) -> None:
+        """Record that ``path`` could not be read; raises unless it is to be skipped."""
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        if not self.skip or attempt >= self.max_consecutive:
+            raise CorruptDataError(
+                f"{self.dataset}: cannot read {path} ({reason}). Replace or delete the file, "
+                "or pass --data.skip_corrupt true to skip files that cannot be read")
+        if path in self.seen:
+            return
+        self.seen.add(path)
+        info = torch.utils.data.get_worker_info()
+        self.counts[0 if info is None else 1 + info.id % 255] += 1
+        print(f"lightning-gen: warning: {self.dataset}: skipping {path} ({reason})",
+              file=sys.stderr, flush=True)
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -35,6 +94,8 @@ class ImageDataModule(L.LightningDataModule):
         val_fraction: Fraction of the training split held out for validation.
         seed: Seed of the deterministic train/val split.
         download: Download the files when missing (needs network access).
+        skip_corrupt: Skip image files that cannot be decoded (each is named on stderr, the
+            total at the end of the run) instead of stopping with an error naming the file.
     """
 
     name: str = "dataset"
@@ -45,6 +106,8 @@ class ImageDataModule(L.LightningDataModule):
     label_kind: str = "class"
     default_image_size: int = 32
     download_hint: str = ""
+    #: How to get a good copy of one damaged file (see ``corrupt_file``).
+    replace_hint: str = ""
     #: The dataset has its own validation partition (CelebA); otherwise ``val_fraction`` of the
     #: training split is held out.
     official_val_split: bool = False
@@ -58,6 +121,7 @@ class ImageDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         download: bool = True,
+        skip_corrupt: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -74,6 +138,8 @@ class ImageDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.seed = seed
         self.download = download
+        self.skip_corrupt = skip_corrupt
+        self._corrupt_files: list[CorruptFiles] = []
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -94,6 +160,17 @@ class ImageDataModule(L.LightningDataModule):
     def expected_files(self) -> list[str]:
         """Paths (relative to ``data_dir``) of the files the dataset reads."""
         return []
+
+    def corrupt_file(self) -> tuple[str, str] | None:
+        """The first of the dataset's files that exists but cannot be read, with the reason,
+        or ``None``; consulted when loading fails although every expected file is there."""
+        return None
+
+    def corrupt_files(self) -> CorruptFiles:
+        """The :class:`CorruptFiles` record a per-image-file dataset reports to."""
+        record = CorruptFiles(self.name, self.skip_corrupt)
+        self._corrupt_files.append(record)
+        return record
 
     def transform(self):
         return T.Compose(
@@ -129,6 +206,15 @@ class ImageDataModule(L.LightningDataModule):
         if self.test_set is None and stage in (None, "test", "predict"):
             self.test_set = self._load("test", download=False)
 
+    def teardown(self, stage: str) -> None:
+        skipped = sum(record.total for record in self._corrupt_files)
+        if skipped:
+            print(f"lightning-gen: warning: {self.name}: skipped {skipped} image file(s) that "
+                  "could not be read (--data.skip_corrupt true; each is named above)",
+                  file=sys.stderr, flush=True)
+            for record in self._corrupt_files:
+                record.counts.zero_()
+
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True, drop_last=True)
 
@@ -155,6 +241,7 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=_ignore_sigint if self.num_workers > 0 else None,
         )
 
     def _load(self, split: str, download: bool) -> Dataset:
@@ -167,24 +254,48 @@ class ImageDataModule(L.LightningDataModule):
         existed = _existing_dirs(root)
         try:
             return self.make_dataset(split, self.transform(), download)
-        except DatasetNotFoundError:
+        except (DatasetNotFoundError, CorruptDataError):
             _remove_new_dirs(root, existed)
             raise
-        except (RuntimeError, OSError, ValueError) as err:  # URLError is an OSError
+        except Exception as err:  # URLError is an OSError; a truncated pickle an UnpicklingError
             _remove_new_dirs(root, existed)
             if isinstance(err, ValueError) and "split" in str(err).lower():
                 raise
+            if self._files_present():
+                corrupt = self.corrupt_file()
+                if corrupt is not None:
+                    path, reason = corrupt
+                    raise CorruptDataError(
+                        f"{self.name}: cannot read {path} ({reason}): the file is damaged or "
+                        f"truncated. {self.replace_hint or 'Replace it with a good copy.'}"
+                    ) from err
+            if not isinstance(err, (RuntimeError, OSError, ValueError)):
+                raise
             raise DatasetNotFoundError(self._missing_message(err)) from err
+
+    def _files_present(self) -> bool:
+        expected = [Path(self.data_dir) / f for f in self.expected_files()]
+        return bool(expected) and all(p.exists() for p in expected)
 
     def _missing_message(self, err: Exception) -> str:
         files = "\n".join(f"  {os.path.join(self.data_dir, f)}" for f in self.expected_files())
-        how = "the download failed" if self.download else "download=False"
+        if self._files_present():
+            how = "its files could not be read"
+        else:
+            how = "the download failed" if self.download else "download=False"
         return (
             f"{self.name} not found in '{os.path.abspath(self.data_dir)}' and {how} "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}).\n"
             f"Expected files:\n{files}\n"
             f"{self.download_hint or 'Run once with network access (download=True), or copy the files there.'}"
         )
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: a worker that died of it would fail the batch
+    the main process is still finishing before it saves (lightning_gen.faults). The main
+    process stops the workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _existing_dirs(root: Path) -> set[Path]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from torchvision.datasets import CelebA
 
-from datamodules.base import ImageDataModule
+from datamodules.base import DECODE_ERRORS, CorruptFiles, ImageDataModule
 
 ATTRIBUTES: tuple[str, ...] = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
@@ -15,6 +17,26 @@ ATTRIBUTES: tuple[str, ...] = (
     "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings",
     "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
 )
+
+
+class CheckedCelebA(CelebA):
+    """torchvision's CelebA whose images that cannot be decoded are named (or skipped, see
+    :class:`~datamodules.base.CorruptFiles`) instead of failing deep inside a DataLoader worker."""
+
+    def __init__(self, *args, corrupt: CorruptFiles, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.corrupt = corrupt
+
+    def __getitem__(self, index: int):
+        for attempt in range(len(self)):
+            i = (index + attempt) % len(self)
+            try:
+                return super().__getitem__(i)
+            except DECODE_ERRORS as err:
+                path = os.path.join(self.root, self.base_folder, "img_align_celeba",
+                                    self.filename[i])
+                self.corrupt.failed(path, err, attempt)
+        raise IndexError(index)
 
 
 class CelebADataModule(ImageDataModule):
@@ -43,8 +65,8 @@ class CelebADataModule(ImageDataModule):
 
     def make_dataset(self, split, transform, download):
         split = {"val": "valid"}.get(split, split)
-        return CelebA(self.data_dir, split=split, target_type="attr", transform=transform,
-                      download=download)
+        return CheckedCelebA(self.data_dir, split=split, target_type="attr", transform=transform,
+                             download=download, corrupt=self.corrupt_files())
 
     def expected_files(self) -> list[str]:
         names = ["img_align_celeba/", "list_attr_celeba.txt", "identity_CelebA.txt",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from torchvision.datasets import CIFAR10
+import os
+import pickle
+
+from torchvision.datasets import CIFAR10, cifar
 
 from datamodules.base import ImageDataModule
 
@@ -24,9 +27,25 @@ class CIFAR10DataModule(ImageDataModule):
         "it into that folder, or run once with network access."
     )
 
+    replace_hint = ("Unpack cifar-10-python.tar.gz again (https://www.cs.toronto.edu/~kriz/"
+                    "cifar.html), or delete the folder and run once with network access.")
+
     def make_dataset(self, split, transform, download):
         return CIFAR10(self.data_dir, train=split == "train", transform=transform, download=download)
 
     def expected_files(self) -> list[str]:
         names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
         return [f"cifar-10-batches-py/{n}" for n in names]
+
+    def corrupt_file(self) -> tuple[str, str] | None:
+        for name, md5 in [*CIFAR10.train_list, *CIFAR10.test_list, (CIFAR10.meta["filename"],
+                                                                    CIFAR10.meta["md5"])]:
+            path = os.path.join(self.data_dir, CIFAR10.base_folder, name)
+            try:
+                with open(path, "rb") as f:
+                    pickle.load(f, encoding="latin1")
+            except Exception as err:  # noqa: BLE001 - any failure means this file is damaged
+                return path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            if not cifar.check_integrity(path, md5):
+                return path, "its md5 sum is not the published one"
+        return None

@@ -26,6 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from datamodules.base import DatasetNotFoundError, ImageDataModule
+from lightning_gen import faults
 from lightning_gen.callbacks.images import ImageGridCallback
 from lightning_gen.callbacks.metrics_file import MetricsFile
 from lightning_gen.callbacks.performance import Performance
@@ -117,14 +118,18 @@ class LightningGenCLI(LightningCLI):
             folder = logger_dir(trainer_config.get("logger"))
             if folder is not None:
                 kwargs["default_root_dir"] = str(folder)
+        # Atomic checkpoints; a checkpoint at SIGTERM/SIGINT (lightning_gen.faults).
+        kwargs = faults.configure_trainer(trainer_config, kwargs)
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.insert(0, ImagesSeen())  # W&B's `images_seen` x-axis
         MetricsFile().attach(trainer)  # <run>/metrics.csv and summary.json, whatever the logger
         _check_launch(trainer)
+        faults.check_run_folder(trainer)
         return trainer
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is not None:
+            faults.check_ckpt_path(self.config[self.subcommand])
             _resume_latest_run(self.config[self.subcommand])
             merge_last(self, getattr(self, "_argv", []))
             set_wandb_defaults(self.config[self.subcommand], job_type=self.subcommand)
@@ -283,6 +288,15 @@ def main(args: list[str] | None = None) -> None:
             parser_kwargs={"description": DESCRIPTION},
             args=args,
         )
+    except faults.REPORTED as err:
+        # A signal, a damaged data file, a checkpoint that could not be written: one line
+        # saying what was saved where (lightning_gen.faults), exit 143/130/1/2.
+        if os.environ.get(DEBUG_ENV):
+            traceback.print_exc()
+        line, code = faults.report(err)
+        if line:
+            print(line, file=sys.stderr, flush=True)
+        sys.exit(code)
     except (DatasetNotFoundError, FileNotFoundError, ValueError,
             MisconfigurationException) as err:
         # Errors a user can cause (missing data, shapes that do not fit, bad values, trainer
@@ -290,7 +304,7 @@ def main(args: list[str] | None = None) -> None:
         # LIGHTNING_GEN_DEBUG=1.
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()
-        print(f"lightning-gen: error: {err}", file=sys.stderr)
+        print(f"lightning-gen: error: {faults.one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except NonFiniteLossError as err:
         # Divergence is not a usage error: exit 1, one line, last good checkpoint named.

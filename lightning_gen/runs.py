@@ -27,10 +27,13 @@ def run_dir(trainer: Trainer) -> Path:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it
+    into place and fsync the folder.
 
     The rename is atomic on POSIX filesystems: readers see the old file or the new one, never
-    a partial one, and a crash during ``write`` leaves no file at ``path``.
+    a partial one, and a crash during ``write`` (or a full disk) leaves the old file at
+    ``path`` and no temporary file. The fsyncs make the new file survive a power loss or a
+    node crash once this returns (the data reaches the disk before the rename does).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,9 +46,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    fsync_dir(path.parent)
     return path
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename in ``folder`` durable; a no-op where directories cannot be synced."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,17 +50,33 @@ def log_grid(trainer: Trainer, name: str, grid: torch.Tensor, epochs_done: int |
     folder = run_dir(trainer) / "images"
     step = logging_step(trainer)
     epochs_done = trainer.current_epoch if epochs_done is None else epochs_done
-    save_grid(grid, folder / f"{name}_epoch{epochs_done:04d}.png")
-    last = save_grid(grid, folder / f"{name}_last.png")
+    last = folder / f"{name}_last.png"
+    # Images are not worth a run: a write that fails (a full disk) is one line on stderr, the
+    # earlier PNGs stay as they were (atomic writes), and training goes on.
+    try:
+        save_grid(grid, folder / f"{name}_epoch{epochs_done:04d}.png")
+        save_grid(grid, last)
+    except OSError as err:
+        _warn_not_written(f"image grid {name} at step {step}", folder, err, last)
     pixels = grid_pixels(grid)
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key=f"images/{name}", images=[pixels], step=step,
-                             caption=[f"after {epochs_done} epochs, step {step}"])
-        elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(f"images/{name}", pixels, step,
-                                        dataformats="HWC" if pixels.ndim == 3 else "HW")
+        try:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key=f"images/{name}", images=[pixels], step=step,
+                                 caption=[f"after {epochs_done} epochs, step {step}"])
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(f"images/{name}", pixels, step,
+                                            dataformats="HWC" if pixels.ndim == 3 else "HW")
+        except OSError as err:
+            _warn_not_written(f"image grid {name} at step {step} for {type(logger).__name__}",
+                              folder, err, last)
     return last
+
+
+def _warn_not_written(what: str, folder: Path, err: OSError, last: Path) -> None:
+    kept = f"{last} is the last one written" if last.is_file() else "none was written before"
+    print(f"lightning-gen: warning: could not write the {what} to {folder} "
+          f"({err.strerror or err}); {kept}; training goes on", file=sys.stderr, flush=True)
 
 
 class ImageGridCallback(Callback):

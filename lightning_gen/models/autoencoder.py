@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lightning_gen.models.base import SingleObjectiveModel
+from lightning_gen.models.base import SingleObjectiveModel, check_learning_rates
 from lightning_gen.nets.conv import ConvDecoder, ConvEncoder
 
 
@@ -27,6 +27,7 @@ class Autoencoder(SingleObjectiveModel):
         lr: float = 1e-3,
     ) -> None:
         super().__init__()
+        check_learning_rates(lr=lr)
         self.save_hyperparameters()
         self.encoder = ConvEncoder(image_shape, latent_dim, width=width, norm="batch")
         self.decoder = ConvDecoder(image_shape, latent_dim, width=width, output="tanh")

@@ -38,6 +38,15 @@ class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; training stopped before the update it would have made."""
 
 
+def check_learning_rates(**rates: float) -> None:
+    """Raise a ValueError naming the option of a learning rate that is not a positive number
+    (torch's optimizers would say only "Invalid learning rate", once the run has started)."""
+    for name, value in rates.items():
+        if not value > 0:  # also catches NaN
+            raise ValueError(f"{name} must be a positive learning rate, got {value} "
+                             f"(--model.init_args.{name})")
+
+
 class GenerativeModel(L.LightningModule):
     image_shape: tuple[int, int, int]
     #: Set by :class:`~lightning_gen.callbacks.performance.Performance`: batches are converted

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from lightning_gen.models.base import GenerativeModel
+from lightning_gen.models.base import GenerativeModel, check_learning_rates
 from lightning_gen.nets.classifier import ConvClassifier
 
 
@@ -71,6 +71,7 @@ class Classifier(GenerativeModel):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        check_learning_rates(lr=lr)
         self.save_hyperparameters()
         self.net = ConvClassifier(image_shape, num_classes, width, feature_dim, dropout)
 

@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 
-from lightning_gen.models.base import GenerativeModel
+from lightning_gen.models.base import GenerativeModel, check_learning_rates
 
 
 class GANBase(GenerativeModel):
@@ -86,6 +86,7 @@ class GANBase(GenerativeModel):
             raise ValueError(f"n_critic must be >= 1, got {n_critic}")
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+        check_learning_rates(lr_g=lr_g, lr_d=lr_d)
         self.automatic_optimization = False
         self.d_steps = 0
         self.g_steps = 0

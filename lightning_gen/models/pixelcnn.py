@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lightning_gen.losses import categorical_nll, discretize
-from lightning_gen.models.base import SingleObjectiveModel
+from lightning_gen.models.base import SingleObjectiveModel, check_learning_rates
 from lightning_gen.models.conditional import ConditionalMixin
 from lightning_gen.nets.pixelcnn import GatedPixelCNNNet, PixelCNNNet
 
@@ -52,6 +52,7 @@ class PixelCNN(ConditionalMixin, SingleObjectiveModel):
         super().__init__()
         if num_levels < 2:
             raise ValueError(f"num_levels must be >= 2, got {num_levels}")
+        check_learning_rates(lr=lr)
         self.save_hyperparameters()
         net = GatedPixelCNNNet if architecture == "gated" else PixelCNNNet
         self.net = net(image_shape[0], hidden=hidden, n_layers=n_layers, kernel_size=kernel_size,

@@ -13,7 +13,7 @@ from lightning_gen.losses import (
     gaussian_log_likelihood,
     reparameterize,
 )
-from lightning_gen.models.base import SingleObjectiveModel
+from lightning_gen.models.base import SingleObjectiveModel, check_learning_rates
 from lightning_gen.nets.conv import ConvDecoder, ConvEncoder
 
 
@@ -55,6 +55,7 @@ class VAE(SingleObjectiveModel):
             raise ValueError(f"beta must be >= 0, got {beta}")
         if gaussian_std <= 0:
             raise ValueError(f"gaussian_std must be > 0, got {gaussian_std}")
+        check_learning_rates(lr=lr)
         # Also collects the arguments of subclasses further up the constructor chain (CVAE).
         self.save_hyperparameters()
         self.encoder, self.decoder = self.build_networks()
