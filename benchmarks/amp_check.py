@@ -107,20 +107,21 @@ _MNIST_28 = {"ae_mnist", "autoencoder_outlier_mnist", "cvae_mnist", "evaluator_m
 
 
 def read_log(run: Path) -> tuple[int, dict[str, float], int]:
-    """(non-finite values, last value of each loss, values read) from the CSV logs under run."""
+    """(non-finite values, last value of each loss, values read) from the run folders'
+    ``metrics.csv`` (the suite's tidy file: ``step,epoch,g_steps,wall_time,name,value``)."""
     bad, last, count = 0, {}, 0
     for path in run.rglob("metrics.csv"):
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
-                for key, value in row.items():
-                    if key in ("epoch", "step") or value in ("", None):
-                        continue
-                    v = float(value)
-                    count += 1
-                    if not math.isfinite(v):
-                        bad += 1
-                    if key.endswith("loss") and key.startswith("train/"):
-                        last[key] = v
+                name, value = row.get("name"), row.get("value")
+                if not name or value in ("", None):
+                    continue
+                v = float(value)
+                count += 1
+                if not math.isfinite(v):
+                    bad += 1
+                if name.endswith("loss") and name.startswith("train/"):
+                    last[name] = v
     return bad, last, count
 
 

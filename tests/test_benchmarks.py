@@ -104,8 +104,10 @@ def test_amp_check_counts_non_finite_logged_values(tmp_path):
     amp_check = load("amp_check")
     log = tmp_path / "lightning_logs" / "version_0"
     log.mkdir(parents=True)
-    (log / "metrics.csv").write_text(
-        "epoch,step,train/d_loss,train/g_loss\n0,9,0.5,\n0,19,nan,inf\n0,29,0.25,1.5\n")
+    (log / "metrics.csv").write_text(  # the run folder's tidy metrics.csv
+        "step,epoch,g_steps,wall_time,name,value\n9,0,5,1.0,train/d_loss,0.5\n"
+        "19,0,10,2.0,train/d_loss,nan\n19,0,10,2.0,train/g_loss,inf\n"
+        "29,0,15,3.0,train/d_loss,0.25\n29,0,15,3.0,train/g_loss,1.5\n")
     bad, last, count = amp_check.read_log(tmp_path)
     assert (bad, count) == (2, 5)
     assert last == {"train/d_loss": 0.25, "train/g_loss": 1.5}
