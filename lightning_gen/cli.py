@@ -95,6 +95,9 @@ class LightningGenCLI(LightningCLI):
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        if subcommand:  # --ckpt_path naming no file: one line before anything is written
+            faults.check_ckpt_path(self.config[subcommand])
         parse_ckpt_path(self, getattr(self, "_argv", []))
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -129,7 +132,6 @@ class LightningGenCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is not None:
-            faults.check_ckpt_path(self.config[self.subcommand])
             _resume_latest_run(self.config[self.subcommand])
             merge_last(self, getattr(self, "_argv", []))
             set_wandb_defaults(self.config[self.subcommand], job_type=self.subcommand)

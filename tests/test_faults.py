@@ -464,16 +464,16 @@ def test_a_read_only_save_dir_is_one_line_before_the_run(tmp_path, capsys):
 
 
 def test_an_image_grid_on_a_full_disk_is_one_line_and_the_last_png_stays(monkeypatch, capsys):
-    real_save_image, calls = images.save_image, []
+    real_write_png, calls = images.write_png, []
 
-    def full_after_the_first_grid(grid, path, format):
+    def full_after_the_first_grid(pixels, path):
         calls.append(path)
         if len(calls) <= 2:  # samples_epoch0001.png and samples_last.png
-            return real_save_image(grid, path, format=format)
+            return real_write_png(pixels, path)
         Path(path).write_bytes(b"\x89PNG half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(images, "save_image", full_after_the_first_grid)
+    monkeypatch.setattr(images, "write_png", full_after_the_first_grid)
     main(["fit", *TINY, "--trainer.max_steps", "-1", "--trainer.max_epochs", "2",
           "--trainer.limit_train_batches", "2", "--images.every_n_epochs", "1"])
     err = capsys.readouterr().err
@@ -481,7 +481,7 @@ def test_an_image_grid_on_a_full_disk_is_one_line_and_the_last_png_stays(monkeyp
     folder = run / "images"
     warnings = [x for x in err.splitlines() if x.startswith("lightning-gen:")]
     assert warnings == [f"lightning-gen: warning: could not write the image grid samples at step "
-                        f"8 to {folder} (No space left on device); {folder / 'samples_last.png'} "
+                        f"4 to {folder} (No space left on device); {folder / 'samples_last.png'} "
                         "is the last one written; training goes on"]
     assert (folder / "samples_last.png").read_bytes() == (
         folder / "samples_epoch0001.png").read_bytes()

@@ -67,7 +67,7 @@ def wandb_scalars(log: Path) -> list[dict]:
     out = []
     for row in history(log):
         values = {k: v for k, v in row.items() if not k.startswith("_") and "images/" not in k
-                  and k not in ("trainer/global_step", "epoch") and isinstance(v, (int, float))}
+                  and k not in ("trainer/global_step", "epoch", "images_seen") and isinstance(v, (int, float))}
         if values:
             out.append({"step": row["trainer/global_step"], "epoch": row.get("epoch"), **values})
     return out

@@ -36,7 +36,11 @@ def grid_pixels(grid: torch.Tensor) -> np.ndarray:
 def save_grid(grid: torch.Tensor, path: str | Path) -> Path:
     """Write a [0, 1] grid as PNG, atomically."""
     pixels = grid_pixels(grid)
-    return atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="png"))
+    return atomic_write(path, lambda tmp: write_png(pixels, tmp))
+
+
+def write_png(pixels: np.ndarray, path: str | Path) -> None:
+    Image.fromarray(pixels).save(path, format="png")
 
 
 def log_grid(trainer: Trainer, name: str, grid: torch.Tensor, epochs_done: int | None = None
