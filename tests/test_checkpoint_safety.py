@@ -15,7 +15,7 @@ import yaml
 
 from lightning_gen.checkpoints import load_checkpoint
 from lightning_gen.cli import main
-from tests.fault_helpers import (
+from tests.security_helpers import (
     ROOT,
     class_path_checkpoint,
     error_line,

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from lightning_gen.cli import main
-from tests import fault_helpers
-from tests.fault_helpers import ROOT, error_line, make_runs
+from tests import security_helpers
+from tests.security_helpers import ROOT, error_line, make_runs
 
-read_only_dir = fault_helpers.read_only_dir
+read_only_dir = security_helpers.read_only_dir
 
 
 @pytest.fixture(scope="module")

@@ -28,45 +28,19 @@ class TrainingMetrics(GenerativeMetricsCallback):
 
     Args:
         every_n_epochs: Interval in training epochs; 0 (default): off, also at ``test``.
-        num_samples: Generated samples per evaluation (the papers: 50,000 or 10,000; fewer
-            while training is cheaper, but FID is biased upwards at small N, so compare
-            numbers of the same protocol only).
-        reference: Real split to compare with (``train`` or ``test``).
-        feature_extractor: ``inception`` (torch-fidelity's Inception-v3, downloaded once unless
-            ``weights_path`` is given) or ``classifier:<checkpoint>`` (a domain classifier
-            trained with ``experiments/evaluator_*.yaml``, no download).
-        weights_path: Local Inception-v3 weights for offline machines.
-        batch_size: Samples per generated batch.
-        seed: Base seed of the samples (the same noise every evaluation).
-        cache_dir: Reference-feature cache folder (default ``$LIGHTNING_GEN_CACHE`` or
-            ``~/.cache/lightning-gen/reference``).
-        kid_subset_size: KID subset size (capped at the sample count).
-        isc_splits: Inception Score splits.
-        prefix: Prefix of the logged names.
+        **kwargs: The options of :class:`GenerativeMetricsCallback` (``num_samples``,
+            ``reference``, ``feature_extractor``, ``weights_path``, ``batch_size``, ``seed``,
+            ``cache_dir``, ``kid_subset_size``, ``isc_splits``, ``prefix``); the CLI lists them
+            as ``--metrics.*``. Fewer samples while training are cheaper, but FID is biased
+            upwards at small N: compare numbers of the same protocol only.
     """
 
-    def __init__(
-        self,
-        every_n_epochs: int = 0,
-        num_samples: int = 10_000,
-        reference: str = "train",
-        feature_extractor: str = "inception",
-        weights_path: str | None = None,
-        batch_size: int = 100,
-        seed: int = 0,
-        cache_dir: str | None = None,
-        kid_subset_size: int = 1000,
-        isc_splits: int = 10,
-        prefix: str = "metrics/",
-    ) -> None:
-        super().__init__(every_n_epochs=every_n_epochs, num_samples=num_samples,
-                         reference=reference, feature_extractor=feature_extractor,
-                         weights_path=weights_path, batch_size=batch_size, seed=seed,
-                         cache_dir=cache_dir, kid_subset_size=kid_subset_size,
-                         isc_splits=isc_splits, prefix=prefix)
-        if num_samples < max(2, isc_splits):
-            raise ValueError(f"metrics.num_samples must be at least {max(2, isc_splits)} "
-                             f"(FID needs 2, the Inception Score one per split), got {num_samples}")
+    def __init__(self, every_n_epochs: int = 0, **kwargs) -> None:
+        super().__init__(every_n_epochs=every_n_epochs, **kwargs)
+        minimum = max(2, self.options["isc_splits"])
+        if self.num_samples < minimum:
+            raise ValueError(f"metrics.num_samples must be at least {minimum} (FID needs 2, the "
+                             f"Inception Score one per split), got {self.num_samples}")
 
     @property
     def enabled(self) -> bool:
