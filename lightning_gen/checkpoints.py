@@ -28,6 +28,7 @@ import importlib
 import os
 import pathlib
 import pickle
+import re
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -56,6 +57,10 @@ SAFE_GLOBALS: list = [
     *(type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4",
                                   "u8", "?")),
 ]
+# torch < 2.6 takes no ``(object, "module.name")`` pairs: there the scalar is allowed under the
+# name it has in the installed numpy only.
+if tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 6):
+    SAFE_GLOBALS = [g for g in SAFE_GLOBALS if not isinstance(g, tuple)] + [_np_scalar]
 
 
 class CheckpointError(ValueError):
@@ -127,7 +132,8 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False,
                 ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         if not trust:
-            unsafe = _unsafe_globals(path)
+            # torch < 2.6 cannot list them beforehand; its error names the first one.
+            unsafe = _unsafe_globals(path) or re.findall(r"GLOBAL ([\w.]+)", str(err))[:1]
             if unsafe:
                 raise UntrustedCheckpointError(
                     f"checkpoint {path} holds {', '.join(unsafe)}, which checkpoints of the suite "

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
@@ -235,7 +236,9 @@ def test_compare_two_quickstart_fits_differing_only_in_lr_g(capsys):
     metrics.csv and summary.json (the run-folder contract)."""
     for lr_g in ("0.0002", "0.02"):
         main(["fit", *TINY, "--model.init_args.lr_g", lr_g])
-    runs = sorted(RUNS.iterdir())
+    # In the order of their lr_g (two runs started in one second have the same time stamp).
+    runs = sorted(RUNS.iterdir(), key=lambda run: float(yaml.safe_load(
+        (run / "config.yaml").read_text())["model"]["init_args"]["lr_g"]))
     assert len(runs) == 2
     main(["compare", *map(str, runs), "--metrics", "train/g_loss,train/d_loss", "--out", "out"])
     rows = read_csv(Path("out/table.csv"))
