@@ -60,7 +60,7 @@ case "$part" in
   amp)
     mnist=()
     [ -d .gpu-data/mnist ] && mnist=(--mnist_dir .gpu-data/mnist)
-    runs=$(mktemp -d /tmp/amp-runs-XXXX)
+    runs=$(mktemp -d "${TMPDIR:-/tmp}/amp-runs-XXXX")
     "$python" benchmarks/amp_check.py "${amp[@]}" --compare "${mnist[@]}" --workdir "$runs" \
       2>&1 | tee "$out/amp.md" || status=1
     # The end of each failing run's output, for the note.

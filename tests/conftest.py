@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 
 import pytest
 import torch
@@ -20,13 +21,18 @@ LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_gen")
 
 
 @pytest.fixture(autouse=True)
-def _isolate_runs(tmp_path, monkeypatch):
+def _isolate_runs(tmp_path, tmp_path_factory, monkeypatch):
     """Each test runs in its own folder, so run folders and W&B files land in tmp."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / ".wandb-config"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / ".wandb-cache"))
+    # Temporary files of the code under test (benchmark work folders, wandb's media staging,
+    # scripts' mktemp) go into a folder of pytest's, which pytest removes, not into /tmp.
+    scratch = tmp_path_factory.mktemp("tmpdir")
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     # Lightning's launchers write MASTER_PORT (and more) into os.environ; a port left there by
     # one test's ddp_spawn fit was inherited by a later DDP subprocess, which then sometimes
     # found it still in use. Every test starts and ends with the environment it found.
