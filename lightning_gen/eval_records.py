@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 import yaml
 
+from lightning_gen.checkpoints import CheckpointError, load_checkpoint
 from lightning_gen.metrics.evaluator import GenerativeEvaluator
 
 RESULTS = "results.jsonl"
@@ -60,8 +60,8 @@ def read_progress(path: str | os.PathLike) -> Checkpoint:
     (``weights_only=True``, memory-mapped: the weights are not read)."""
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not loadable safely: evaluated anyway, its steps unknown
+        ckpt = load_checkpoint(path, mmap=True)
+    except (CheckpointError, FileNotFoundError):  # not loadable safely: evaluated anyway, its steps unknown
         return Checkpoint(path, None, None, None)
     if not isinstance(ckpt, dict):
         return Checkpoint(path, None, None, None)

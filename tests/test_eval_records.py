@@ -17,7 +17,7 @@ import yaml
 from lightning_gen.cli import main
 from lightning_gen.eval_records import append_row, read_rows
 from tests.metrics_helpers import classifier_checkpoint
-from tests.wandb_log import history, read_records
+from tests.wandb_log import history, read_records, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = "classifier-test-40"
@@ -73,16 +73,6 @@ def finished_log(segment: Path, timeout: float = 60.0) -> Path:
             return logs[0]
         assert time.monotonic() < deadline, f"no complete run log in {segment}"
         time.sleep(0.2)
-
-
-def summary(log: Path) -> dict:
-    """The run summary as the log leaves it (later updates win)."""
-    values = {}
-    for record in read_records(log):
-        if record.WhichOneof("record_type") == "summary":
-            for item in record.summary.update:
-                values[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return values
 
 
 def run_record(log: Path):

@@ -25,8 +25,9 @@ from lightning_gen.callbacks.metrics_file import HEADER, goal_of, read_rows
 from lightning_gen.cli import main
 from lightning_gen.loggers import WandbLogger
 from lightning_gen.models import VAE
+from tests import wandb_log
 from tests.metrics_helpers import classifier_checkpoint
-from tests.wandb_log import history, read_records, wait_for_run_log
+from tests.wandb_log import history, wait_for_run_log
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "experiments/quickstart.yaml")
@@ -71,15 +72,6 @@ def wandb_scalars(log: Path) -> list[dict]:
         if values:
             out.append({"step": row["trainer/global_step"], "epoch": row.get("epoch"), **values})
     return out
-
-
-def wandb_summary(log: Path) -> dict:
-    summary = {}
-    for record in read_records(log):
-        if record.WhichOneof("record_type") == "summary":
-            for item in record.summary.update:
-                summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return summary
 
 
 def expected_summary(rows: list[dict]) -> dict:
@@ -253,7 +245,7 @@ def test_a_resumed_run_appends_to_its_file_and_cuts_a_torn_line():
     assert summary == expected_summary(rows)
     # The resumed W&B segment holds the bests of the whole run, not of its own rows only.
     assert len(list((run / "wandb").glob("offline-run-*"))) == 2
-    stored = wandb_summary(wait_for_run_log(run / "wandb"))
+    stored = wandb_log.summary(wait_for_run_log(run / "wandb"))
     for name in ("train/d_loss", "train/g_loss"):
         assert stored[f"{name}.best"] == summary[name]["best"]
         assert stored[f"{name}.best_step"] == summary[name]["best_step"]
@@ -290,7 +282,7 @@ def test_summary_and_wandb_hold_the_best_value_and_its_step(tmp_path):
                                       "best_step": fid_rows[1]["step"], "goal": "min"}
     assert summary["metrics/is_mean"]["best_step"] == fid_rows[3]["step"]
 
-    stored = wandb_summary(wait_for_run_log(run / "wandb"))
+    stored = wandb_log.summary(wait_for_run_log(run / "wandb"))
     assert stored["metrics/fid"] == {"min": 3.0, "last": 3.5}
     assert stored["metrics/is_mean"] == {"max": 3.0, "last": 3.0}
     assert stored["metrics/fid.best_step"] == fid_rows[1]["step"]
@@ -319,7 +311,7 @@ def test_metrics_switch_logs_classifier_fid_into_the_file_and_wandb(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metrics/fid"]["protocol"] == "classifier-test-64"
     assert summary["metrics/fid"]["best"] == min(r["value"] for r in rows)
-    stored = wandb_summary(log)
+    stored = wandb_log.summary(log)
     assert stored["metrics/protocol"] == "classifier-test-64"
     assert stored["metrics/fid"]["min"] == summary["metrics/fid"]["best"]
     config = yaml.safe_load((run / "config.yaml").read_text())["metrics"]

@@ -61,6 +61,16 @@ def history(path: str | Path) -> list[dict]:
     return rows
 
 
+def summary(path: str | Path) -> dict:
+    """The run summary as the log leaves it (later updates win)."""
+    values = {}
+    for record in read_records(path):
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                values[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return values
+
+
 def config(path: str | Path) -> dict:
     """The run's config as W&B stored it: every ``config`` record's updates applied in order
     (values decoded from JSON, nested dicts as logged), removals dropped; ``_wandb`` left out."""
