@@ -301,12 +301,14 @@ def evaluate(
                                            isc_splits=isc_splits, kid_subsets=kid_subsets,
                                            kid_subset_size=kid_subset_size)
                 _check_cache_writable(evaluator, datamodule, reference)
+            # Parzen first: its data checks are cheap and fail before the long feature work.
+            extra = (parzen_metrics(model, datamodule, parzen_samples, parzen_val_images, seed,
+                                    batch_size, fabric.device, progress=progress and rank0)
+                     if parzen else {})
             result = _evaluate_model(model, datamodule, evaluator, ckpt.path, feature_extractor,
                                      reference, num_samples, seed, batch_size, isc_splits,
                                      kid_subsets, iw_samples, fabric, progress and single)
-            if parzen:
-                result.update(parzen_metrics(model, datamodule, parzen_samples, parzen_val_images,
-                                             seed, batch_size, fabric.device, progress=progress))
+            result.update(extra)
             result["elapsed_s"] = round(time.perf_counter() - started, 2)
             if rank0:
                 path = json_path(ckpt)

@@ -159,7 +159,7 @@ def parzen_metrics(model, datamodule, num_samples: int = 10_000, val_images: int
     test_set = load_split(datamodule, "test")
     workers = getattr(datamodule, "num_workers", 0)
     was_training = model.training
-    model.eval()
+    model.to(device).eval()
     try:
         samples = generate_images(model, num_samples, seed, batch_size, device, show)
     finally:
