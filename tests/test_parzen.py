@@ -162,3 +162,31 @@ def test_parzen_options_that_cannot_work_are_one_line_errors(setup, tmp_path, ca
     err = error("--parzen_val_images", "11")  # 25% of 40 training images are held out
     assert "11 held-out images" in err and "has 10" in err and "--parzen_val_images" in err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_without_held_out_images_sigma_is_picked_on_seeded_training_images(setup, tmp_path,
+                                                                          capsys):
+    # gan_mnist.yaml trains on the whole split (val_fraction 0): a seeded subset of the
+    # training split stands in, with a warning, and the JSON says so.
+    data = setup["root"] / "mnist"
+    dm = MNISTDataModule(data_dir=str(data), image_size=8, val_fraction=0.0, seed=4)
+    torch.manual_seed(0)
+    model = GAN((1, 8, 8), latent_dim=4, g_hidden=(16,), d_hidden=(8,), maxout_pieces=2,
+                num_fixed_samples=4)
+    ckpt = save_module_checkpoint(model, tmp_path / "ckpts" / "gan.ckpt", dm)
+    result = _evaluate(setup, ckpt, tmp_path / "r.json", "--parzen", "true",
+                       "--parzen_samples", "20", "--parzen_val_images", "6")
+    assert "holds no validation images" in capsys.readouterr().err
+    assert "6 images of the training split of MNISTDataModule drawn with seed 4" in \
+        result["parzen_validation"]
+    model, dm = load_run(str(ckpt))
+    parts = []
+    for b, (start, end) in enumerate([(0, 16), (16, 20)]):
+        torch.manual_seed(5 + b)
+        parts.append(model.sample(end - start))
+    samples = ((torch.cat(parts) + 1) / 2).numpy()
+    train = dm._load("train", download=False)
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(4))[:6]
+    val = ((torch.stack([train[int(i)][0] for i in order]) + 1) / 2).numpy()
+    expected = [direct_parzen(val, samples, s).mean() for s in np.logspace(-1, 0, 10)]
+    np.testing.assert_allclose(result["parzen_validation_ll"], expected, atol=1e-6)

@@ -8,6 +8,7 @@ torchmetrics), with a progress bar, and returns flat JSON-ready values.
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
@@ -105,22 +106,42 @@ def _stack_images(dataset: Dataset, batch_size: int, num_workers: int, desc: str
 
 def parzen_validation_set(datamodule, num_images: int) -> tuple[Dataset, str]:
     """The first ``num_images`` of the DataModule's validation split (the seeded hold-out of the
-    training split the model did not train on), and a sentence saying so for the JSON."""
+    training split the model did not train on), and a sentence saying so for the JSON.
+
+    A DataModule that holds nothing out (``val_fraction 0``, as ``gan_mnist.yaml``) gives a
+    seeded random subset of the training split instead, with a warning: the model has seen
+    those images, so sigma may come out smaller than on held-out images.
+    """
     if not hasattr(datamodule, "image_shape"):
         raise ValueError(f"--parzen needs image data; {type(datamodule).__name__} has no "
                          "image_shape")
     datamodule.setup("validate")
     val = datamodule.val_set
     name = type(datamodule).__name__
+    if not val:  # None or empty
+        train = load_split(datamodule, "train")
+        if len(train) < num_images:
+            raise ValueError(f"--parzen picks sigma on {num_images} training images but {name} "
+                             f"has {len(train)}; lower --parzen_val_images")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(
+            datamodule.seed))[:num_images]
+        text = (f"{num_images} images of the training split of {name} drawn with seed "
+                f"{datamodule.seed} (val_fraction 0: no held-out images; the model trained on "
+                "these)")
+        if rank_and_world()[0] == 0:
+            print(f"lightning-gen: warning: --parzen: {name} holds no validation images "
+                  "(val_fraction 0), so sigma is picked on training images the model has seen; "
+                  "train with --data.val_fraction > 0 for Goodfellow et al.'s protocol",
+                  file=sys.stderr, flush=True)
+        return Subset(train, order.tolist()), text
     if getattr(datamodule, "official_val_split", False):
         where = f"the official validation split of {name}"
     else:
         where = (f"the validation split of {name}: val_fraction {datamodule.val_fraction} of "
                  f"the training split, held out with seed {datamodule.seed}")
-    if val is None or len(val) < num_images:
-        have = 0 if val is None else len(val)
+    if len(val) < num_images:
         raise ValueError(
-            f"--parzen picks sigma on {num_images} held-out images but {where} has {have}; "
+            f"--parzen picks sigma on {num_images} held-out images but {where} has {len(val)}; "
             "lower --parzen_val_images or raise the run's data.val_fraction (--run_config)")
     return Subset(val, range(num_images)), f"first {num_images} images of {where}"
 
