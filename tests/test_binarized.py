@@ -246,3 +246,15 @@ def test_pixelcnn_binarized_mnist_yaml_fits_and_reports_the_test_nll(mnist, tmp_
     assert result["test_nll_nats"] == pytest.approx(expected, rel=1e-5)
     assert result["test_bits_per_dim"] == pytest.approx(expected / (64 * math.log(2)), rel=1e-6)
     assert result["binarize"] == "static"
+
+
+def test_binarized_data_has_its_own_reference_cache_key(mnist):
+    from lightning_gen.metrics.evaluator import GenerativeEvaluator
+    from lightning_gen.metrics.extractors import build_extractor
+
+    clf = classifier_checkpoint(Path.cwd() / "clf.ckpt", image_shape=(1, 28, 28))
+    ev = GenerativeEvaluator(build_extractor(f"classifier:{clf}"))
+    grey = ev.reference_key(_dm(mnist, "none"), "test", 24)
+    assert "binarize" not in grey  # the keys of grey data, and so their cache entries, unchanged
+    assert ev.reference_key(_dm(mnist, "dynamic"), "test", 24) == {**grey, "binarize": "static"}
+    assert ev.reference_key(_dm(mnist, "dynamic"), "train", 24)["binarize"] == "dynamic"
