@@ -6,7 +6,9 @@ import os
 import shutil
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -36,6 +38,48 @@ class CorruptDataError(RuntimeError):
             if lines:
                 message = lines[-1].split(prefix, 1)[1]
         super().__init__(message)
+
+
+#: Base seed of the static binarization: part of its definition, the same in every run.
+STATIC_BINARIZATION_SEED = 20160000
+_SPLIT_SEED_OFFSET = {"train": 0, "val": 1 << 32, "test": 2 << 32}
+
+
+class BinarizedDataset(Dataset):
+    """The images of ``dataset`` (grey levels on [-1, 1]) as Bernoulli draws, pixels -1 or +1
+    (0 or 1 on the [0, 1] scale), each pixel on with probability its intensity.
+
+    ``"dynamic"``: drawn anew every time an image is read (global torch RNG, so seeded by
+    ``seed_everything`` and by the DataLoader's per-worker seeds): each epoch sees other bits.
+    ``"static"``: image ``i`` of ``split`` is drawn with its own generator, seeded with
+    ``STATIC_BINARIZATION_SEED + offset(split) + i``, so every run, process and worker reads the
+    same bits whatever the global RNG state.
+    """
+
+    def __init__(self, dataset: Dataset, mode: Literal["dynamic", "static"], split: str) -> None:
+        if mode not in ("dynamic", "static"):
+            raise ValueError(f"binarization must be 'dynamic' or 'static', got {mode!r}")
+        self.dataset = dataset
+        self.mode = mode
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):  # targets, attr, ... of the wrapped torchvision dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int):
+        x, y = self.dataset[index]
+        p = ((x + 1) / 2).clamp(0, 1)
+        if self.mode == "dynamic":
+            bits = torch.rand(p.shape) < p
+        else:
+            seed = STATIC_BINARIZATION_SEED + _SPLIT_SEED_OFFSET.get(self.split, 3 << 32) + index
+            bits = torch.rand(p.shape, generator=torch.Generator().manual_seed(seed)) < p
+        return bits.to(x.dtype) * 2 - 1, y
 
 
 #: Exceptions a damaged file raises while it is decoded (PIL: OSError/UnidentifiedImageError
@@ -84,7 +128,8 @@ class ImageDataModule(L.LightningDataModule):
     Subclasses set ``name``, ``channels``, ``num_classes``, ``default_image_size`` and implement
     ``make_dataset`` (and ``expected_files`` for the error message).
 
-    Batches are ``(image, target)`` with ``image`` of shape ``(B, C, H, W)`` in [-1, 1].
+    Batches are ``(image, target)`` with ``image`` of shape ``(B, C, H, W)`` in [-1, 1]; with
+    ``binarize`` every pixel is exactly -1 or +1 (0/1 on the [0, 1] scale likelihood models use).
 
     Args:
         data_dir: Root folder of the dataset (torchvision's layout below it).
@@ -96,6 +141,10 @@ class ImageDataModule(L.LightningDataModule):
         download: Download the files when missing (needs network access).
         skip_corrupt: Skip image files that cannot be decoded (each is named on stderr, the
             total at the end of the run) instead of stopping with an error naming the file.
+        binarize: Grey datasets only (MNIST, digits): ``"dynamic"`` draws Bernoulli pixels anew
+            each time a training image is read, validation/test images are binarized
+            statically; ``"static"`` binarizes every split once, seeded by the image's index
+            (:class:`BinarizedDataset`); ``"none"`` keeps the grey levels.
     """
 
     name: str = "dataset"
@@ -111,6 +160,8 @@ class ImageDataModule(L.LightningDataModule):
     #: The dataset has its own validation partition (CelebA); otherwise ``val_fraction`` of the
     #: training split is held out.
     official_val_split: bool = False
+    #: Grey images whose intensities read as Bernoulli means (``binarize`` is allowed).
+    binarizable: bool = False
 
     def __init__(
         self,
@@ -122,8 +173,15 @@ class ImageDataModule(L.LightningDataModule):
         seed: int = 0,
         download: bool = True,
         skip_corrupt: bool = False,
+        binarize: Literal["none", "dynamic", "static"] = "none",
     ) -> None:
         super().__init__()
+        if binarize not in ("none", "dynamic", "static"):
+            raise ValueError(f"binarize must be none, dynamic or static, got {binarize!r}")
+        if binarize != "none" and not self.binarizable:
+            raise ValueError(f"binarize={binarize} is for grey digit data (MNIST, digits); "
+                             f"{type(self).__name__} images are not Bernoulli means: drop "
+                             "--data.binarize")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if batch_size < 1:
@@ -139,6 +197,8 @@ class ImageDataModule(L.LightningDataModule):
         self.seed = seed
         self.download = download
         self.skip_corrupt = skip_corrupt
+        self.binarize = binarize
+        self._static_only = False  # set while the dynamic data's static validation copy loads
         self._corrupt_files: list[CorruptFiles] = []
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -203,6 +263,10 @@ class ImageDataModule(L.LightningDataModule):
                 self.train_set, self.val_set = random_split(
                     full, [len(full) - n_val, n_val], generator=generator
                 )
+                if self.binarize == "dynamic":  # validate on fixed bits, as the test split
+                    with self._static_binarization():
+                        static = self._load("train", download=False)
+                    self.val_set = Subset(static, self.val_set.indices)
         if self.test_set is None and stage in (None, "test", "predict"):
             self.test_set = self._load("test", download=False)
 
@@ -244,6 +308,21 @@ class ImageDataModule(L.LightningDataModule):
             worker_init_fn=_ignore_sigint if self.num_workers > 0 else None,
         )
 
+    def binarization(self, split: str) -> str:
+        """How ``split``'s images are binarized: ``none``, ``dynamic`` (training images of
+        ``binarize=dynamic``) or ``static``."""
+        if self.binarize == "dynamic" and (split != "train" or self._static_only):
+            return "static"
+        return self.binarize
+
+    @contextmanager
+    def _static_binarization(self):
+        self._static_only = True
+        try:
+            yield
+        finally:
+            self._static_only = False
+
     def _load(self, split: str, download: bool) -> Dataset:
         """Build a split, turning torchvision's missing-file/URL errors into one clear error.
 
@@ -253,7 +332,9 @@ class ImageDataModule(L.LightningDataModule):
         root = Path(self.data_dir)
         existed = _existing_dirs(root)
         try:
-            return self.make_dataset(split, self.transform(), download)
+            dataset = self.make_dataset(split, self.transform(), download)
+            mode = self.binarization(split)
+            return dataset if mode == "none" else BinarizedDataset(dataset, mode, split)
         except (DatasetNotFoundError, CorruptDataError):
             _remove_new_dirs(root, existed)
             raise

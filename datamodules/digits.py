@@ -39,6 +39,7 @@ class DigitsDataModule(ImageDataModule):
     channels = 1
     num_classes = 10
     default_image_size = 32
+    binarizable = True
     num_test = 297
 
     def make_dataset(self, split, transform, download):

@@ -20,6 +20,7 @@ class MNISTDataModule(ImageDataModule):
     channels = 1
     num_classes = 10
     default_image_size = 28
+    binarizable = True
     download_hint = (
         "Get them from http://yann.lecun.com/exdb/mnist/ (or any MNIST mirror), gunzip them "
         "into that folder, or run once with network access."

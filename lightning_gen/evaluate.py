@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import yaml
 from PIL import Image
-from torchmetrics import MeanMetric
 from tqdm.auto import tqdm
 
 from lightning_gen.checkpoints import hyper_parameters, load_checkpoint, resolve_class
@@ -39,6 +38,12 @@ from lightning_gen.eval_records import (
 )
 from lightning_gen.metrics.evaluator import is_conditional, load_split
 from lightning_gen.metrics.extractors import build_extractor, to_uint8
+from lightning_gen.metrics.likelihood import (
+    check_parzen_options,
+    likelihood_metrics,
+    nll_metrics,
+    parzen_metrics,
+)
 from lightning_gen.models.base import GenerativeModel
 from lightning_gen.outputs import (
     ResultsNotSavedError,
@@ -184,38 +189,6 @@ def load_run(ckpt_path: str, config: str | None = None, data_dir: str | None = N
 
 
 # ----------------------------------------------------------------------------------------------
-# Likelihood models
-
-
-@torch.no_grad()
-def likelihood_metrics(model, datamodule, split: str = "test", iw_samples: int = 64,
-                       batch_size: int = 100, seed: int = 0, device="cpu",
-                       progress: bool = False) -> dict[str, float]:
-    """Test ELBO and IWAE bound (Burda et al. 2016, ``iw_samples`` samples) in nats per image,
-    averaged over ``split``; sharded over DDP ranks and averaged by torchmetrics."""
-    dataset = load_split(datamodule, split)
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    elbo, iwae = MeanMetric().to(device), MeanMetric().to(device)
-    batches = range(rank, math.ceil(len(dataset) / batch_size), world)
-    fork = [device] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=fork):
-        for b in tqdm(batches, desc=f"likelihood ({split})", disable=not progress or rank != 0):
-            torch.manual_seed(seed + b)
-            x = torch.stack([dataset[i][0] for i in range(b * batch_size,
-                                                          min(len(dataset), (b + 1) * batch_size))])
-            x = x.to(device)
-            out = model(x)
-            elbo.update(out["log_px"] - out["kl"])
-            if iw_samples > 0:
-                iwae.update(model.importance_weighted_bound(x, k=iw_samples))
-    result = {"test_elbo_nats": float(elbo.compute()), "likelihood_split": split}
-    if iw_samples > 0:
-        result.update({"test_iwae_nats": float(iwae.compute()), "iwae_k": iw_samples})
-    return result
-
-
-# ----------------------------------------------------------------------------------------------
 # Commands
 
 
@@ -247,8 +220,12 @@ def evaluate(
     devices: int = 1,
     progress: bool = True,
     trust_checkpoint: bool = False,
+    parzen: bool = False,
+    parzen_samples: int = 10_000,
+    parzen_val_images: int = 1000,
 ) -> dict:
-    """Evaluate a checkpoint the way papers do: FID, IS, KID, precision/recall (+ ELBO/IWAE).
+    """Evaluate a checkpoint the way papers do: FID, IS, KID, precision/recall (+ ELBO/IWAE,
+    PixelCNN test NLL, Parzen-window log-likelihood).
 
     Args:
         ckpt_path: Checkpoint written by ``lightning-gen fit``; or a run folder (every
@@ -278,14 +255,23 @@ def evaluate(
         isc_splits: Inception Score splits.
         kid_subsets: KID subsets.
         kid_subset_size: KID subset size (capped at the sample count).
-        iw_samples: Importance samples of the IWAE bound for likelihood models (0: ELBO only).
+        iw_samples: Importance samples of the IWAE bound for likelihood models (0: ELBO only;
+            5000 in Burda et al. 2016, decoded in chunks so memory does not grow with it).
         accelerator: ``auto``, ``cpu``, ``gpu``, ...
         devices: Devices (DDP processes when > 1).
         progress: Show progress bars.
         trust_checkpoint: Load the checkpoints (and the classes they name) even if they hold
             more than the suite's checkpoints do; only for files whose origin you trust.
+        parzen: Also report the Parzen-window log-likelihood of the test split (Goodfellow et
+            al. 2014): Gaussian kernels on ``parzen_samples`` samples, pixels on [0, 1], sigma
+            from ``np.logspace(-1, 0, 10)`` picked on held-out training images.
+        parzen_samples: Samples the kernels sit on (10,000 in the paper).
+        parzen_val_images: Images of the DataModule's validation split (the seeded hold-out of
+            the training split) that pick sigma (1,000 in the paper's code).
     """
     _check_num_samples(num_samples, isc_splits)
+    if parzen:
+        check_parzen_options(parzen_samples, parzen_val_images)
     checkpoints = find_checkpoints(ckpt_path)
     single = len(checkpoints) == 1
     if out is not None and not single:
@@ -315,9 +301,14 @@ def evaluate(
                                            isc_splits=isc_splits, kid_subsets=kid_subsets,
                                            kid_subset_size=kid_subset_size)
                 _check_cache_writable(evaluator, datamodule, reference)
+            # Parzen first: its data checks are cheap and fail before the long feature work.
+            extra = (parzen_metrics(model, datamodule, parzen_samples, parzen_val_images, seed,
+                                    batch_size, fabric.device, progress=progress and rank0)
+                     if parzen else {})
             result = _evaluate_model(model, datamodule, evaluator, ckpt.path, feature_extractor,
                                      reference, num_samples, seed, batch_size, isc_splits,
                                      kid_subsets, iw_samples, fabric, progress and single)
+            result.update(extra)
             result["elapsed_s"] = round(time.perf_counter() - started, 2)
             if rank0:
                 path = json_path(ckpt)
@@ -374,6 +365,8 @@ def _evaluate_model(model, datamodule, evaluator, ckpt_path, feature_extractor, 
     if hasattr(model, "importance_weighted_bound"):
         result.update(likelihood_metrics(model, datamodule, "test", iw_samples, batch_size, seed,
                                          fabric.device, progress))
+    elif hasattr(model, "nll"):  # autoregressive (PixelCNN): the exact test NLL
+        result.update(nll_metrics(model, datamodule, "test", batch_size, fabric.device, progress))
     return result
 
 
@@ -408,7 +401,9 @@ def format_table(result: dict) -> str:
     rows = [("FID", "fid"), ("IS (mean)", "is_mean"), ("IS (std)", "is_std"),
             ("KID (mean)", "kid_mean"), ("KID (std)", "kid_std"), ("precision", "precision"),
             ("recall", "recall"), ("CAS (accuracy)", "cas"), ("test ELBO (nats)", "test_elbo_nats"),
-            ("test IWAE (nats)", "test_iwae_nats")]
+            ("test IWAE (nats)", "test_iwae_nats"), ("test NLL (nats)", "test_nll_nats"),
+            ("test bits/dim", "test_bits_per_dim"), ("Parzen LL (nats)", "parzen_ll_nats"),
+            ("Parzen LL stderr", "parzen_ll_stderr"), ("Parzen sigma", "parzen_sigma")]
     lines = [f"{'metric':<18} value", f"{'-' * 18} {'-' * 12}"]
     lines += [f"{label:<18} {result[key]:.6g}" for label, key in rows if key in result]
     ref = result["reference"]

@@ -147,6 +147,9 @@ class GenerativeEvaluator:
             "image_shape": list(getattr(datamodule, "image_shape", ())),
             "preprocessing": PREPROCESSING,
             "extractor": self.extractor.name,
+            # Binarized images are other data; grey data keeps its old keys (and cache entries).
+            **({"binarize": datamodule.binarization(split)}
+               if getattr(datamodule, "binarize", "none") != "none" else {}),
         }
 
     def reference(self, datamodule, split: str = "train", device=None, num_images: int | None = None,

@@ -134,25 +134,45 @@ class VAE(SingleObjectiveModel):
         return loss
 
     # ------------------------------------------------------------------------------------------
+    #: Images per decoder call of the IWAE bound: ``chunk * B`` rows, so memory stays flat in
+    #: ``k`` (5,000 in Burda et al. 2016) and the decoder still sees large batches.
+    iwae_decode_rows: int = 2048
+
     @torch.no_grad()
     def importance_weighted_bound(
-        self, x: torch.Tensor, k: int = 64, labels: torch.Tensor | None = None
+        self, x: torch.Tensor, k: int = 64, labels: torch.Tensor | None = None,
+        chunk: int | None = None,
     ) -> torch.Tensor:
         """IWAE bound (Burda et al. 2016) per image, ``(B,)``, in nats:
 
-        ``log p(x) >= E[log 1/K sum_k p(x|z_k) p(z_k) / q(z_k|x)]``, ``z_k ~ q(z|x)``.
+        ``log p(x) >= log 1/K sum_k w_k``, ``w_k = p(x|z_k) p(z_k) / q(z_k|x)``, ``z_k ~ q(z|x)``.
         ``k = 1`` is the ELBO; the bound tightens as ``k`` grows.
+
+        The ``k`` samples are decoded ``chunk`` at a time (default ``iwae_decode_rows // B``), as
+        one ``(chunk * B, ...)`` batch, and ``logsumexp_k log w_k`` is kept as a running
+        ``logaddexp`` over chunks: memory is that of one chunk whatever ``k``. ``eps`` is drawn
+        one ``(B, latent_dim)`` block per sample, so the bound does not depend on ``chunk``.
         """
+        if k < 1:
+            raise ValueError(f"k (importance samples) must be >= 1, got {k}")
+        batch = x.shape[0]
+        chunk = max(1, min(k, chunk or self.iwae_decode_rows // max(batch, 1)))
         mu, logvar = self.encode(x, labels)
         std = torch.exp(0.5 * logvar)
-        log_w = []
-        for _ in range(k):
-            eps = torch.randn_like(mu)
+        log_norm = 0.5 * math.log(2 * math.pi) * mu.shape[1]
+        total = torch.full((batch,), -math.inf, device=x.device, dtype=torch.float32)
+        for start in range(0, k, chunk):
+            n = min(chunk, k - start)
+            eps = torch.stack([torch.randn_like(mu) for _ in range(n)])  # (n, B, latent)
             z = mu + std * eps
-            log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(1)
-            log_p_z = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(1)
-            log_w.append(self.log_likelihood(self.decode(z, labels), x) + log_p_z - log_q)
-        return torch.logsumexp(torch.stack(log_w), dim=0) - math.log(k)
+            log_q = -0.5 * eps.pow(2).sum(2) - 0.5 * logvar.sum(1) - log_norm  # (n, B)
+            log_p_z = -0.5 * z.pow(2).sum(2) - log_norm
+            decoded = self.decode(z.flatten(0, 1),  # (n * B, C, H, W), sample-major
+                                  None if labels is None else _repeat(labels, n))
+            log_px = self.log_likelihood(decoded, _repeat(x, n)).view(n, batch)
+            log_w = (log_px + log_p_z - log_q).float()
+            total = torch.logaddexp(total, torch.logsumexp(log_w, dim=0))
+        return total - math.log(k)
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -169,3 +189,8 @@ class VAE(SingleObjectiveModel):
         pairs = torch.stack([x, x_hat], dim=1).flatten(0, 1)  # input / reconstruction
         samples = self.to_image(self.decode(self.fixed_noise, self.fixed_labels()))
         return {"reconstructions": pairs, "samples": samples}
+
+
+def _repeat(t: torch.Tensor, n: int) -> torch.Tensor:
+    """``(B, ...)`` -> ``(n * B, ...)``: ``n`` copies of the batch, one after the other."""
+    return t.expand(n, *t.shape).flatten(0, 1)
