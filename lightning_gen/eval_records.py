@@ -33,8 +33,8 @@ from lightning_gen.metrics.evaluator import GenerativeEvaluator
 
 RESULTS = "results.jsonl"
 # Numbers `evaluate` reports that are metrics (not settings such as kid_subset_size).
-METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "cas",
-           "test_elbo_nats", "test_iwae_nats")
+METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "density",
+           "coverage", "cas", "test_elbo_nats", "test_iwae_nats")
 
 
 # ----------------------------------------------------------------------------------------------
