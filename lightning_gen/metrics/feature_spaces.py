@@ -71,11 +71,11 @@ def _download(url: str, file_name: str, hash_prefix: str, spec: str) -> Path:
     path = Path(torch.hub.get_dir()) / "checkpoints" / file_name
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with redirect_stdout(sys.stderr):
             torch.hub.download_url_to_file(url, str(path), hash_prefix=hash_prefix)
-    except (OSError, RuntimeError) as err:  # no network (URLError), HTTP errors, hash mismatch
+    except (OSError, RuntimeError) as err:  # no network (URLError), HTTP, hash, read-only
         raise FileNotFoundError(
             f"could not download the {spec} weights ({_first_line(err)}); download {url} on a "
             f"machine with network access and pass it as --feature_extractor {spec}:/path/"
