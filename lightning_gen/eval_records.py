@@ -33,9 +33,9 @@ from lightning_gen.metrics.evaluator import GenerativeEvaluator
 
 RESULTS = "results.jsonl"
 # Numbers `evaluate` reports that are metrics (not settings such as kid_subset_size).
-METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "cas",
-           "test_elbo_nats", "test_iwae_nats", "test_nll_nats", "test_bits_per_dim", "parzen_ll_nats",
-           "parzen_ll_stderr", "parzen_sigma")
+METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "density",
+           "coverage", "cas", "test_elbo_nats", "test_iwae_nats", "test_nll_nats",
+           "test_bits_per_dim", "parzen_ll_nats", "parzen_ll_stderr", "parzen_sigma")
 
 
 # ----------------------------------------------------------------------------------------------

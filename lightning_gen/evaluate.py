@@ -242,9 +242,12 @@ def evaluate(
             file of options for this command.)
         num_samples: Generated samples (50,000 in the papers).
         reference: Real split to compare with (``train`` or ``test``; ``val`` for CelebA).
-        feature_extractor: ``inception`` (torch-fidelity's Inception-v3) or
+        feature_extractor: ``inception`` (torch-fidelity's Inception-v3), ``vgg16``
+            (precision/recall's space), ``clip-vit-b-32`` (CLIP-FID), ``dinov2-vit-l-14``
+            (FD-DINOv2), each optionally ``<name>:<weights file or hub folder>``; or
             ``classifier:<checkpoint>`` (an evaluator trained with experiments/evaluator_*.yaml).
-        weights_path: Local Inception-v3 weights (offline clusters); default: download once.
+        weights_path: Local weights for offline clusters: the Inception-v3, VGG-16 or CLIP file,
+            or for DINOv2 a pre-filled torch hub folder; default: download once.
         batch_size: Samples per batch; with ``seed`` it fixes which images are drawn.
         seed: Base seed (batch ``b`` uses ``seed + b``).
         out: JSON path (one checkpoint only); default
@@ -400,12 +403,15 @@ def _check_cache_writable(evaluator, datamodule, split: str) -> None:
 def format_table(result: dict) -> str:
     rows = [("FID", "fid"), ("IS (mean)", "is_mean"), ("IS (std)", "is_std"),
             ("KID (mean)", "kid_mean"), ("KID (std)", "kid_std"), ("precision", "precision"),
-            ("recall", "recall"), ("CAS (accuracy)", "cas"), ("test ELBO (nats)", "test_elbo_nats"),
+            ("recall", "recall"), ("density", "density"), ("coverage", "coverage"),
+            ("CAS (accuracy)", "cas"), ("test ELBO (nats)", "test_elbo_nats"),
             ("test IWAE (nats)", "test_iwae_nats"), ("test NLL (nats)", "test_nll_nats"),
             ("test bits/dim", "test_bits_per_dim"), ("Parzen LL (nats)", "parzen_ll_nats"),
             ("Parzen LL stderr", "parzen_ll_stderr"), ("Parzen sigma", "parzen_sigma")]
     lines = [f"{'metric':<18} value", f"{'-' * 18} {'-' * 12}"]
     lines += [f"{label:<18} {result[key]:.6g}" for label, key in rows if key in result]
+    lines += [f"{label:<18} not computed: {why}"
+              for label, why in result.get("not_computed", {}).items()]
     ref = result["reference"]
     lines += [f"{'samples':<18} {result['num_samples']}",
               f"{'extractor':<18} {result['feature_extractor']}",

@@ -97,7 +97,8 @@ def test_evaluate_appends_a_row_and_sends_the_values_to_the_runs_wandb_run(train
     assert row["json_path"] == str(run / "eval" / "classifier_test_40.json")  # as before
     result = json.loads(Path(row["json_path"]).read_text())
     assert row["metrics"] == {k: result[k] for k in ("fid", "is_mean", "is_std", "kid_mean",
-                                                      "kid_std", "precision", "recall")}
+                                                      "kid_std", "precision", "recall", "density",
+                                                      "coverage")}
     assert "FID" in out and f"{result['fid']:.6g}" in out  # today's table is still printed
 
     # A new offline segment of the same W&B run, which `wandb sync` uploads as a resume.

@@ -24,7 +24,7 @@ from tests.metrics_helpers import classifier_checkpoint
 ROOT = Path(__file__).resolve().parent.parent
 
 REQUIRED = {"fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall",
-            "num_samples", "feature_extractor", "reference"}
+            "density", "coverage", "num_samples", "feature_extractor", "reference"}
 
 
 def _fit(root: Path, data_dir: Path, model: str, extra: list[str]) -> Path:

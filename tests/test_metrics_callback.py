@@ -12,7 +12,8 @@ from lightning_gen.metrics import GenerativeEvaluator, build_extractor
 from lightning_gen.models import VAE
 from tests.metrics_helpers import classifier_checkpoint
 
-KEYS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall")
+KEYS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "density",
+        "coverage")
 
 
 def test_callback_logs_metrics_at_epoch_end_and_test(tmp_path):

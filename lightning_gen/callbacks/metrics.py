@@ -6,13 +6,16 @@ from lightning import Callback, LightningModule, Trainer
 
 from lightning_gen.metrics.evaluator import GenerativeEvaluator
 from lightning_gen.metrics.extractors import build_extractor
+from lightning_gen.metrics.fidelity import PROTOCOL_KEYS
 
 
 class GenerativeMetricsCallback(Callback):
     """Every ``every_n_epochs`` training epochs, and at the end of ``test``, draw ``num_samples``
     samples, extract their features in float32 (whatever the training precision), and log
     ``<prefix>fid``, ``is_mean``, ``is_std``, ``kid_mean``, ``kid_std``, ``precision``,
-    ``recall`` (and ``cas`` for class-conditional models with a classifier extractor).
+    ``recall``, ``density``, ``coverage`` (and ``cas`` for class-conditional models with a
+    classifier extractor; no ``is_*`` with ``vgg16``, ``clip-vit-b-32`` or ``dinov2-vit-l-14``,
+    which have no class logits).
 
     Under DDP each rank generates its share of the batches and the features are gathered
     (every rank takes part; the values are those of one process with the same seeds). Real
@@ -23,8 +26,10 @@ class GenerativeMetricsCallback(Callback):
         num_samples: Generated samples per evaluation (papers: 50,000; keep it smaller while
             training, and name the protocol when you compare numbers).
         reference: Real split to compare with (``train`` or ``test``).
-        feature_extractor: ``inception`` or ``classifier:<checkpoint>``.
-        weights_path: Local Inception-v3 weights for offline machines.
+        feature_extractor: ``inception``, ``vgg16``, ``clip-vit-b-32``, ``dinov2-vit-l-14`` or
+            ``classifier:<checkpoint>`` (see :func:`~lightning_gen.metrics.build_extractor`).
+        weights_path: Local weights file (Inception-v3, VGG-16, CLIP) or pre-filled torch hub
+            folder (DINOv2) for offline machines.
         batch_size: Samples per generated batch.
         seed: Base seed of the samples (the same samples every evaluation, up to the weights).
         cache_dir: Reference-feature cache folder.
@@ -76,8 +81,9 @@ class GenerativeMetricsCallback(Callback):
 
     def _log(self, pl_module: LightningModule, metrics: dict[str, float]) -> None:
         # Every rank holds the same gathered values: no further reduction.
+        # Numbers only: the protocol keys and `not_computed` (reasons) are not metrics.
         values = {f"{self.prefix}{k}": float(v) for k, v in metrics.items()
-                  if k not in ("kid_subset_size", "prc_num_real")}  # protocol, not metrics
+                  if isinstance(v, (int, float)) and k not in PROTOCOL_KEYS}
         pl_module.log_dict(values, sync_dist=False, rank_zero_only=False)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -10,7 +10,13 @@ Every extractor takes **uint8** images ``(B, C, H, W)`` (as torch-fidelity does;
   by the suite (``experiments/evaluator_*.yaml``): penultimate features ("classifier FID"),
   class logits (classifier IS, and the accuracy of class-conditional samples).
 
-``spec`` strings (:func:`build_extractor`): ``"inception"`` or ``"classifier:<ckpt path>"``.
+* :mod:`lightning_gen.metrics.feature_spaces`: torch-fidelity's VGG-16 (``vgg16``, precision/
+  recall's space), CLIP ViT-B/32 (``clip-vit-b-32``, CLIP-FID) and DINOv2 ViT-L/14
+  (``dinov2-vit-l-14``, FD-DINOv2): features only, no logits (``(B, 0)``), so no IS.
+
+``spec`` strings (:func:`build_extractor`): ``"inception"``, ``"vgg16"``, ``"clip-vit-b-32"``,
+``"dinov2-vit-l-14"`` (each optionally ``"<name>:<weights file or hub folder>"``) or
+``"classifier:<ckpt path>"``.
 """
 
 from __future__ import annotations
@@ -234,15 +240,26 @@ class ClassifierExtractor(FeatureExtractor):
         return features.float(), logits.float()
 
 
+#: Pretrained feature spaces of torch-fidelity 0.4 besides Inception (``feature_spaces``).
+PRETRAINED = ("vgg16", "clip-vit-b-32", "dinov2-vit-l-14")
+
+
 def build_extractor(spec: str = "inception", weights_path: str | None = None,
                     trust_checkpoint: bool = False) -> FeatureExtractor:
-    """``"inception"`` (optionally with ``weights_path``) or ``"classifier:<ckpt path>"``
-    (loaded safely unless ``trust_checkpoint``)."""
+    """``"inception"``, ``"vgg16"``, ``"clip-vit-b-32"`` or ``"dinov2-vit-l-14"`` (the weights
+    file, or DINOv2's torch hub folder, after a colon or as ``weights_path``; else downloaded
+    once), or ``"classifier:<ckpt path>"`` (loaded safely unless ``trust_checkpoint``)."""
     if spec == "inception" or spec.startswith("inception:"):
         path = spec.partition(":")[2] or weights_path
         return InceptionExtractor(path)
     if spec.startswith("classifier:"):
         return ClassifierExtractor(spec.partition(":")[2], trust_checkpoint)
+    name, _, path = spec.partition(":")
+    if name in PRETRAINED:
+        from lightning_gen.metrics import feature_spaces
+
+        return feature_spaces.build(name, path or weights_path)
     raise ValueError(
-        f"unknown feature extractor {spec!r}; use 'inception' or 'classifier:<checkpoint>'"
+        f"unknown feature extractor {spec!r}; use 'inception', 'vgg16', 'clip-vit-b-32', "
+        "'dinov2-vit-l-14' (optionally '<name>:<weights>') or 'classifier:<checkpoint>'"
     )
