@@ -34,7 +34,9 @@ from lightning_gen.metrics.evaluator import GenerativeEvaluator
 RESULTS = "results.jsonl"
 # Numbers `evaluate` reports that are metrics (not settings such as kid_subset_size).
 METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "cas",
-           "test_elbo_nats", "test_iwae_nats")
+           "test_elbo_nats", "test_iwae_nats", "memorization_fraction",
+           "memorization_fraction_pixels", "nn_distance_median", "nn_distance_median_pixels",
+           "modes_covered", "mode_kl")
 
 
 # ----------------------------------------------------------------------------------------------
