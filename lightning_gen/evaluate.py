@@ -253,7 +253,7 @@ def evaluate(
     neighbours: int = 0,
     neighbours_k: int = 5,
     memorization_percentile: float = 1.0,
-    mode_coverage: bool | None = None,
+    mode_coverage: bool = False,
     mode_threshold: float | None = None,
 ) -> dict:
     """Evaluate a checkpoint the way papers do: FID, IS, KID, precision/recall (+ ELBO/IWAE).
@@ -300,10 +300,9 @@ def evaluate(
         memorization_percentile: ``q``: a sample counts as memorized when its nearest training
             image is at most as far as the ``q``-th percentile of training images' distances to
             their nearest other training image.
-        mode_coverage: Predicted-class histogram of unconditional samples against the
-            reference split's labels (``modes_covered``, ``mode_kl``,
-            ``modes_<json stem>.png``). Default: on whenever the extractor is a classifier, the
-            model unconditional and the data has classes; ``true`` requires it.
+        mode_coverage: The classifier extractor's predicted-class histogram of unconditional
+            samples against the reference split's labels (``modes_covered``, ``mode_kl``,
+            ``modes_<json stem>.png``); needs ``classifier:<ckpt>``.
         mode_threshold: Share of the samples a class needs to count as covered (default
             ``0.1 / num_classes``).
     """

@@ -157,7 +157,7 @@ def test_evaluate_neighbours_writes_the_png_beside_the_json(setup, tmp_path, cap
     ckpt = save_module_checkpoint(CopyGenerator.of(setup["train"]), tmp_path / "copy.ckpt",
                                   datamodule=setup["dm"])
     result = _evaluate(setup, ckpt, tmp_path / "eval" / "copy.json", "--neighbours", "4",
-                       "--neighbours_k", "3", "--mode_coverage", "false")
+                       "--neighbours_k", "3")
     assert result["memorization_fraction"] == 1.0
     assert result["memorization_fraction_pixels"] == 1.0
     assert result["neighbours"] == 4 and result["neighbours_k"] == 3

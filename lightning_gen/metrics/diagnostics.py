@@ -21,7 +21,7 @@ from lightning_gen.metrics.modes import write_modes_png
 
 
 def check_options(feature_extractor: str, num_samples: int, neighbours: int, neighbours_k: int,
-                  memorization_percentile: float, mode_coverage: bool | None,
+                  memorization_percentile: float, mode_coverage: bool,
                   mode_threshold: float | None) -> None:
     """Refuse, before any work, options that cannot work (one-line ``ValueError``s)."""
     if neighbours < 0 or neighbours > num_samples:
@@ -41,24 +41,23 @@ def check_options(feature_extractor: str, num_samples: int, neighbours: int, nei
                          f"{mode_threshold}")
 
 
-def wanted(neighbours: int, mode_coverage: bool | None) -> bool:
+def wanted(neighbours: int, mode_coverage: bool) -> bool:
     """Whether the evaluator must keep the generated features for :func:`diagnose`."""
-    return neighbours > 0 or mode_coverage is not False
+    return neighbours > 0 or bool(mode_coverage)
 
 
 def diagnose(model, datamodule, evaluator, json_path: str | Path, *, reference: str,
              num_samples: int, seed: int, batch_size: int, device, rank0: bool = True,
              progress: bool = False, neighbours: int = 0, neighbours_k: int = 5,
-             memorization_percentile: float = 1.0, mode_coverage: bool | None = None,
+             memorization_percentile: float = 1.0, mode_coverage: bool = False,
              mode_threshold: float | None = None) -> dict:
-    """Memorization (``neighbours > 0``) and mode coverage of the samples ``evaluator`` has just
-    scored; PNGs written by rank 0 beside ``json_path``. ``mode_coverage``: ``None`` (auto: on
-    for an unconditional model, a classifier extractor and data with classes), ``True``
-    (required), ``False`` (off)."""
+    """Memorization (``neighbours > 0``) and mode coverage (``mode_coverage``, unconditional
+    models only: a conditional one gets a one-line note) of the samples ``evaluator`` has just
+    scored; PNGs written by rank 0 beside ``json_path``."""
     fake = evaluator.__dict__.pop("last_generated", None)
     json_path = Path(json_path)
     out: dict = {}
-    if (neighbours > 0 or mode_coverage is not False) and fake is None:
+    if wanted(neighbours, mode_coverage) and fake is None:
         raise RuntimeError("the evaluator did not keep the generated features "
                            "(set keep_generated before evaluating)")
     if neighbours > 0:
@@ -70,20 +69,14 @@ def diagnose(model, datamodule, evaluator, json_path: str | Path, *, reference: 
             out["neighbours_png"] = _write(
                 lambda p: write_neighbours_png(p, found, pixels, evaluator.extractor.name)[0],
                 json_path.parent / f"neighbours_{json_path.stem}.png")
-    classifier = isinstance(evaluator.extractor, ClassifierExtractor)
     if mode_coverage and is_conditional(model):
         print(f"lightning-gen: note: {type(model).__name__} is class-conditional: mode coverage is "
               "for unconditional models (the class accuracy of its samples, cas, covers it)",
               file=sys.stderr, flush=True)
-    elif mode_coverage or (mode_coverage is None and classifier and not is_conditional(model)
-                           and getattr(datamodule, "label_kind", "class") == "class"):
-        try:
-            stats = class_coverage(fake["logits"], datamodule, reference, mode_threshold)
-        except ValueError as err:
-            if mode_coverage:  # asked for: an error; on by default: a note, the rest goes on
-                raise
-            print(f"lightning-gen: note: no mode coverage ({err})", file=sys.stderr, flush=True)
-            return out
+    elif mode_coverage:
+        if not isinstance(evaluator.extractor, ClassifierExtractor):
+            raise ValueError("--mode_coverage true needs a classifier extractor")
+        stats = class_coverage(fake["logits"], datamodule, reference, mode_threshold)
         out.update(stats)
         if rank0:
             out["modes_png"] = _write(lambda p: write_modes_png(p, stats, reference),
