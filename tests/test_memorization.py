@@ -4,6 +4,9 @@ memorization fraction, and the PNG that shows them (read back: it must show the 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -196,3 +199,31 @@ def test_diagnose_needs_the_kept_features(setup, tmp_path):
     with pytest.raises(RuntimeError, match="keep_generated"):
         diagnose(model, setup["dm"], ev, tmp_path / "x.json", reference="test", num_samples=8,
                  seed=0, batch_size=16, device="cpu", neighbours=2)
+
+
+def test_two_ddp_processes_give_the_single_process_numbers_and_png(setup, tmp_path):
+    # Batches of 4: rank 1 draws batch 1, so rank 0 draws it again for the PNG's rows 4-5.
+    ckpt = save_module_checkpoint(CopyGenerator.of(setup["train"][:10]), tmp_path / "copy.ckpt",
+                                  datamodule=setup["dm"])
+    args = ["--neighbours", "6", "--neighbours_k", "2", "--batch_size", "4"]
+    single = _evaluate(setup, ckpt, tmp_path / "one" / "r.json", *args)
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "two" / "r.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_gen.cli", "evaluate", "--ckpt_path", str(ckpt),
+         "--num_samples", "20", "--reference", "test", "--feature_extractor",
+         f"classifier:{setup['clf']}", "--kid_subset_size", "8", "--kid_subsets", "2",
+         "--isc_splits", "2", "--accelerator", "cpu", "--devices", "2", "--progress", "false",
+         "--trust_checkpoint", "true", "--cache_dir", str(tmp_path / "cache2"), "--out",
+         str(out), *args],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ddp = json.loads(out.read_text())
+    assert ddp["devices"] == 2
+    for key in ("memorization_fraction", "memorization_fraction_pixels", "nn_distance_median",
+                "nn_distance_median_pixels", "memorization_threshold_pixels"):
+        assert ddp[key] == pytest.approx(single[key], rel=1e-6, abs=1e-9), key
+    one = np.asarray(Image.open(single["neighbours_png"]).convert("RGB"))
+    two = np.asarray(Image.open(ddp["neighbours_png"]).convert("RGB"))
+    assert one.shape == two.shape and np.array_equal(one, two)

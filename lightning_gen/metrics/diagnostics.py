@@ -60,15 +60,6 @@ def diagnose(model, datamodule, evaluator, json_path: str | Path, *, reference: 
     if wanted(neighbours, mode_coverage) and fake is None:
         raise RuntimeError("the evaluator did not keep the generated features "
                            "(set keep_generated before evaluating)")
-    if neighbours > 0:
-        found, pixels = memorization(model, datamodule, evaluator, fake["features"], num_samples,
-                                     seed, batch_size, device, neighbours, neighbours_k,
-                                     memorization_percentile, progress)
-        out.update(found.metrics)
-        if rank0:
-            out["neighbours_png"] = _write(
-                lambda p: write_neighbours_png(p, found, pixels, evaluator.extractor.name)[0],
-                json_path.parent / f"neighbours_{json_path.stem}.png")
     if mode_coverage and is_conditional(model):
         print(f"lightning-gen: note: {type(model).__name__} is class-conditional: mode coverage is "
               "for unconditional models (the class accuracy of its samples, cas, covers it)",
@@ -81,6 +72,15 @@ def diagnose(model, datamodule, evaluator, json_path: str | Path, *, reference: 
         if rank0:
             out["modes_png"] = _write(lambda p: write_modes_png(p, stats, reference),
                                       json_path.parent / f"modes_{json_path.stem}.png")
+    if neighbours > 0:
+        found, pixels = memorization(model, datamodule, evaluator, fake["features"], num_samples,
+                                     seed, batch_size, device, neighbours, neighbours_k,
+                                     memorization_percentile, progress)
+        out.update(found.metrics)
+        if rank0:
+            out["neighbours_png"] = _write(
+                lambda p: write_neighbours_png(p, found, pixels, evaluator.extractor.name)[0],
+                json_path.parent / f"neighbours_{json_path.stem}.png")
     return out
 
 
