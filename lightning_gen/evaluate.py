@@ -36,6 +36,9 @@ from lightning_gen.eval_records import (
     protocol_name,
     summary_line,
 )
+from lightning_gen.metrics.diagnostics import check_options as check_diagnostics
+from lightning_gen.metrics.diagnostics import diagnose
+from lightning_gen.metrics.diagnostics import wanted as diagnostics_wanted
 from lightning_gen.metrics.evaluator import is_conditional, load_split
 from lightning_gen.metrics.extractors import build_extractor, to_uint8
 from lightning_gen.metrics.likelihood import (
@@ -223,6 +226,11 @@ def evaluate(
     parzen: bool = False,
     parzen_samples: int = 10_000,
     parzen_val_images: int = 1000,
+    neighbours: int = 0,
+    neighbours_k: int = 5,
+    memorization_percentile: float = 1.0,
+    mode_coverage: bool = False,
+    mode_threshold: float | None = None,
 ) -> dict:
     """Evaluate a checkpoint the way papers do: FID, IS, KID, precision/recall (+ ELBO/IWAE,
     PixelCNN test NLL, Parzen-window log-likelihood).
@@ -271,10 +279,25 @@ def evaluate(
         parzen_samples: Samples the kernels sit on (10,000 in the paper).
         parzen_val_images: Images of the DataModule's validation split (the seeded hold-out of
             the training split) that pick sigma (1,000 in the paper's code).
+        neighbours: Memorization view (0: off): ``neighbours_<json stem>.png`` beside the JSON
+            shows the first ``neighbours`` samples, each with its nearest training images in
+            the extractor's feature space and in pixel space, and the JSON gets
+            ``memorization_fraction`` (and ``_pixels``) over all samples (docs/evaluation.md).
+        neighbours_k: Nearest training images shown per sample.
+        memorization_percentile: ``q``: a sample counts as memorized when its nearest training
+            image is at most as far as the ``q``-th percentile of training images' distances to
+            their nearest other training image.
+        mode_coverage: The classifier extractor's predicted-class histogram of unconditional
+            samples against the reference split's labels (``modes_covered``, ``mode_kl``,
+            ``modes_<json stem>.png``); needs ``classifier:<ckpt>``.
+        mode_threshold: Share of the samples a class needs to count as covered (default
+            ``0.1 / num_classes``).
     """
     _check_num_samples(num_samples, isc_splits)
     if parzen:
         check_parzen_options(parzen_samples, parzen_val_images)
+    check_diagnostics(feature_extractor, num_samples, neighbours, neighbours_k,
+                      memorization_percentile, mode_coverage, mode_threshold)
     checkpoints = find_checkpoints(ckpt_path)
     single = len(checkpoints) == 1
     if out is not None and not single:
@@ -303,6 +326,7 @@ def evaluate(
                 evaluator = SweepEvaluator(extractor, batch_size=batch_size, cache_dir=cache_dir,
                                            isc_splits=isc_splits, kid_subsets=kid_subsets,
                                            kid_subset_size=kid_subset_size)
+                evaluator.keep_generated = diagnostics_wanted(neighbours, mode_coverage)
                 _check_cache_writable(evaluator, datamodule, reference)
             # Parzen first: its data checks are cheap and fail before the long feature work.
             extra = (parzen_metrics(model, datamodule, parzen_samples, parzen_val_images, seed,
@@ -312,6 +336,12 @@ def evaluate(
                                      reference, num_samples, seed, batch_size, isc_splits,
                                      kid_subsets, iw_samples, fabric, progress and single)
             result.update(extra)
+            result.update(diagnose(
+                model, datamodule, evaluator, json_path(ckpt), reference=reference,
+                num_samples=num_samples, seed=seed, batch_size=batch_size, device=fabric.device,
+                rank0=rank0, progress=progress and single, neighbours=neighbours,
+                neighbours_k=neighbours_k, memorization_percentile=memorization_percentile,
+                mode_coverage=mode_coverage, mode_threshold=mode_threshold))
             result["elapsed_s"] = round(time.perf_counter() - started, 2)
             if rank0:
                 path = json_path(ckpt)
@@ -407,7 +437,10 @@ def format_table(result: dict) -> str:
             ("CAS (accuracy)", "cas"), ("test ELBO (nats)", "test_elbo_nats"),
             ("test IWAE (nats)", "test_iwae_nats"), ("test NLL (nats)", "test_nll_nats"),
             ("test bits/dim", "test_bits_per_dim"), ("Parzen LL (nats)", "parzen_ll_nats"),
-            ("Parzen LL stderr", "parzen_ll_stderr"), ("Parzen sigma", "parzen_sigma")]
+            ("Parzen LL stderr", "parzen_ll_stderr"), ("Parzen sigma", "parzen_sigma"),
+            ("memorized (feat.)", "memorization_fraction"),
+            ("memorized (pixels)", "memorization_fraction_pixels"),
+            ("modes covered", "modes_covered"), ("mode KL (nats)", "mode_kl")]
     lines = [f"{'metric':<18} value", f"{'-' * 18} {'-' * 12}"]
     lines += [f"{label:<18} {result[key]:.6g}" for label, key in rows if key in result]
     lines += [f"{label:<18} not computed: {why}"

@@ -74,6 +74,10 @@ class GenerativeEvaluator:
         prc_neighborhood: ``k`` of precision/recall (3 in Kynkaanniemi et al. 2019).
     """
 
+    #: Keep the generated features and logits of the last :meth:`evaluate` in
+    #: ``last_generated`` (``lightning-gen evaluate --neighbours / --mode_coverage`` read them).
+    keep_generated: bool = False
+
     def __init__(
         self,
         extractor: FeatureExtractor,
@@ -208,5 +212,7 @@ class GenerativeEvaluator:
         fake = self.generated(model, num_samples, seed, device, progress=progress)
         if not isinstance(self.extractor, ClassifierExtractor):
             fake.pop("labels")  # accuracy of conditional samples needs the data's own classes
+        if self.keep_generated:
+            self.last_generated = fake
         return fidelity_metrics(fake, real, real_stats=real["stats"], device=device,
                                 **self.options)
