@@ -36,7 +36,7 @@ COLUMNS = ("source", "model", "model_class", "model_args", "dataset", "data_args
 #: Metric keys of evaluate's JSON: label and unit in tables.
 METRIC_LABELS = {"fid": ("FID", ""), "is_mean": ("IS", ""),
                  "parzen_ll_nats": ("Parzen log-likelihood", " nats"),
-                 "test_iwae_nats": ("test log-likelihood (IWAE)", " nats"),
+                 "test_iwae_nats": ("IWAE test log-likelihood", " nats"),
                  "test_nll_nats": ("test NLL", " nats"),
                  "test_bits_per_dim": ("test NLL", " bits/dim")}
 README_COLUMN = "Published numbers (`lightning_gen/published.csv`)"
@@ -63,9 +63,10 @@ class Row:
 
     @property
     def data(self) -> str:
-        """``CIFAR10``, ``MNIST (binarize=static)``."""
+        """``CIFAR-10``, ``MNIST binarize=static``."""
         name = self.dataset.rsplit(".", 1)[-1].removesuffix("DataModule")
-        return name + (f" ({_args_text(self.data_args)})" if self.data_args else "")
+        name = {"CIFAR10": "CIFAR-10"}.get(name, name)
+        return name + (f" {_args_text(self.data_args)}" if self.data_args else "")
 
     def text(self) -> str:
         """``FID 42.72``, ``Parzen log-likelihood 225 +- 2 nats``; the notes without a value."""
