@@ -216,7 +216,8 @@ def metric_lines(rows: list[tuple[str, str]], result: dict) -> list[str]:
     """The metric rows of evaluate's table: the value (the mean over seeds), with ``--seeds``
     the std and min, and the published number of a matching protocol and the difference."""
     spread, published = result.get("spread") or {}, result.get("published") or {}
-    head, rule = [f"{'metric':<18}", f"{'value':<12}"], ["-" * 18, "-" * 12]
+    head = [f"{'metric':<18}", f"{'mean' if spread else 'value':<12}"]
+    rule = ["-" * 18, "-" * 12]
     if spread:
         head += [f"{'std':<12}", f"{'min':<12}"]
         rule += ["-" * 12] * 2
