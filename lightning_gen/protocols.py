@@ -94,6 +94,15 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
 ]}
 
 
+def markdown() -> str:
+    """The protocols as a Markdown table (docs/evaluation.md holds it)."""
+    lines = ["| `--protocol` | sets | measures | defined by |", "| --- | --- | --- | --- |"]
+    for p in PROTOCOLS.values():
+        sets = ", ".join(f"`{k}={v}`" for k, v in p.settings.items()) or "nothing"
+        lines.append(f"| `{p.name}` | {sets} | {p.summary}. {p.notes} | {p.source} |")
+    return "\n".join(lines)
+
+
 def evaluate_parameters(func: Callable | None = None) -> dict[str, inspect.Parameter]:
     """The keyword arguments of ``evaluate`` (``func``), as this installation has them."""
     if func is None:

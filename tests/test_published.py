@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from datamodules import CIFAR10DataModule, MNISTDataModule
-from lightning_gen import published
+from lightning_gen import protocols, published
 from lightning_gen.models import DCGAN, WGANGP, InstanceNoiseDCGAN
 from lightning_gen.protocols import PROTOCOLS, Protocol, ProtocolRun
 from lightning_gen.published import Row, applies, load, markdown, published_for, update_readme
@@ -152,5 +152,7 @@ def test_docs_hold_the_generated_table_of_published_numbers(capsys):
     published.main(["--markdown"])
     table = capsys.readouterr().out.strip()
     assert table == markdown() and table.count("\n") >= 20
-    assert table in (ROOT / "docs" / "evaluation.md").read_text(), (
-        "docs/evaluation.md: paste `python -m lightning_gen.published --markdown`")
+    docs = (ROOT / "docs" / "evaluation.md").read_text()
+    assert table in docs, "docs/evaluation.md: paste `python -m lightning_gen.published --markdown`"
+    assert protocols.markdown() in docs, "docs/evaluation.md: paste lightning_gen.protocols.markdown()"
+    assert all(f"| `{name}` |" in docs for name in PROTOCOLS)
