@@ -134,9 +134,12 @@ def find_checkpoints(spec: str) -> list[Checkpoint]:
 # results.jsonl
 
 
-def protocol_name(extractor_kind: str, reference: str, num_samples: int) -> str:
-    """E.g. ``inception-train-50000``, ``classifier-test-1000``."""
-    return f"{extractor_kind}-{reference}-{num_samples}"
+def protocol_name(extractor_kind: str, reference: str, num_samples: int,
+                  named: str | None = None) -> str:
+    """E.g. ``inception-train-50000``, ``classifier-test-1000``; ``named`` (a
+    ``--protocol`` whose settings are all in effect, e.g. ``pytorch-gan-collections``) instead
+    when given."""
+    return named or f"{extractor_kind}-{reference}-{num_samples}"
 
 
 def metric_values(result: dict) -> dict[str, float]:

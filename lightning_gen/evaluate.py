@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 from lightning_gen.checkpoints import hyper_parameters, load_checkpoint, resolve_class
 from lightning_gen.eval_records import (
     RunRecorder,
-    SweepEvaluator,
     checkpoints_table,
     find_checkpoints,
     protocol_name,
@@ -55,6 +54,15 @@ from lightning_gen.outputs import (
     check_sample_folder,
     remove_old_samples,
 )
+from lightning_gen.protocols import (
+    ProtocolRun,
+    SpreadEvaluator,
+    cli_defaults,
+    metric_lines,
+    protocol_line,
+    with_protocol,
+)
+from lightning_gen.published import published_for
 from lightning_gen.runs import atomic_write
 
 # ----------------------------------------------------------------------------------------------
@@ -203,6 +211,7 @@ def _fabric(accelerator: str, devices: int) -> L.Fabric:
     return fabric
 
 
+@with_protocol
 def evaluate(
     ckpt_path: str,
     run_config: str | None = None,
@@ -231,6 +240,8 @@ def evaluate(
     memorization_percentile: float = 1.0,
     mode_coverage: bool = False,
     mode_threshold: float | None = None,
+    protocol: str | None = None,
+    seeds: int = 1,
 ) -> dict:
     """Evaluate a checkpoint the way papers do: FID, IS, KID, precision/recall (+ ELBO/IWAE,
     PixelCNN test NLL, Parzen-window log-likelihood).
@@ -292,7 +303,20 @@ def evaluate(
             ``modes_<json stem>.png``); needs ``classifier:<ckpt>``.
         mode_threshold: Share of the samples a class needs to count as covered (default
             ``0.1 / num_classes``).
+        protocol: A benchmark's settings (``lightning_gen.protocols.PROTOCOLS``):
+            ``pytorch-gan-collections``, ``mimicry`` (50,000 samples vs train, Inception),
+            ``studiogan`` (10,000 vs test, Inception), ``inception-score-50k``,
+            ``parzen-mnist``, ``binarized-mnist-iwae``, ``exact-test-nll``. Options given
+            explicitly beat the preset. Its name goes into the JSON and, when none of its
+            settings is overridden, names the results in results.jsonl and W&B; published
+            numbers measured that way (``lightning_gen/published.csv``) are printed beside
+            the measured ones.
+        seeds: Repeat the sampling with this many seeds (``seed + k * ceil(num_samples /
+            batch_size)``, k = 0..seeds-1; the reference features are computed once): the
+            JSON holds each seed's values and their mean, std and min, the flat metrics the
+            mean.
     """
+    run_protocol = ProtocolRun.of(locals())  # first: the arguments as given and preset
     _check_num_samples(num_samples, isc_splits)
     if parzen:
         check_parzen_options(parzen_samples, parzen_val_images)
@@ -315,7 +339,8 @@ def evaluate(
     fabric = _fabric(accelerator, devices)
     evaluator, done = None, []
     rank0 = fabric.global_rank == 0
-    with RunRecorder(protocol_name(kind, reference, num_samples)) as recorder:
+    with RunRecorder(protocol_name(kind, reference, num_samples,
+                                   run_protocol.name if run_protocol.exact else None)) as recorder:
         bar = tqdm(checkpoints, desc="checkpoints", unit="ckpt",
                    disable=single or not progress or not rank0)
         for ckpt in bar:
@@ -323,9 +348,9 @@ def evaluate(
             model, datamodule = load_run(str(ckpt.path), run_config, data_dir, trust_checkpoint)
             if evaluator is None:  # one extractor and one reference for every checkpoint
                 extractor = build_extractor(feature_extractor, weights_path, trust_checkpoint)
-                evaluator = SweepEvaluator(extractor, batch_size=batch_size, cache_dir=cache_dir,
-                                           isc_splits=isc_splits, kid_subsets=kid_subsets,
-                                           kid_subset_size=kid_subset_size)
+                evaluator = SpreadEvaluator(extractor, batch_size=batch_size, cache_dir=cache_dir,
+                                            isc_splits=isc_splits, kid_subsets=kid_subsets,
+                                            kid_subset_size=kid_subset_size, seeds=seeds)
                 evaluator.keep_generated = diagnostics_wanted(neighbours, mode_coverage)
                 _check_cache_writable(evaluator, datamodule, reference)
             # Parzen first: its data checks are cheap and fail before the long feature work.
@@ -342,6 +367,9 @@ def evaluate(
                 rank0=rank0, progress=progress and single, neighbours=neighbours,
                 neighbours_k=neighbours_k, memorization_percentile=memorization_percentile,
                 mode_coverage=mode_coverage, mode_threshold=mode_threshold))
+            # Last: every metric is in `result` when the published numbers are matched.
+            result.update(run_protocol.record())
+            result.update(published_for(result, model, datamodule, run_protocol))
             result["elapsed_s"] = round(time.perf_counter() - started, 2)
             if rank0:
                 path = json_path(ckpt)
@@ -441,12 +469,14 @@ def format_table(result: dict) -> str:
             ("memorized (feat.)", "memorization_fraction"),
             ("memorized (pixels)", "memorization_fraction_pixels"),
             ("modes covered", "modes_covered"), ("mode KL (nats)", "mode_kl")]
-    lines = [f"{'metric':<18} value", f"{'-' * 18} {'-' * 12}"]
-    lines += [f"{label:<18} {result[key]:.6g}" for label, key in rows if key in result]
+    lines = metric_lines(rows, result)
     lines += [f"{label:<18} not computed: {why}"
               for label, why in result.get("not_computed", {}).items()]
     ref = result["reference"]
-    lines += [f"{'samples':<18} {result['num_samples']}",
+    lines += [f"{'protocol':<18} {protocol_line(result)}",
+              *([f"{'seeds':<18} {', '.join(map(str, result['seeds']))}"]
+                if result.get("seeds") else []),
+              f"{'samples':<18} {result['num_samples']}",
               f"{'extractor':<18} {result['feature_extractor']}",
               f"{'reference':<18} {ref['dataset']} {ref['split']} ({ref['num_images']} images"
               f"{', cached' if ref.get('from_cache') else ''})",
@@ -548,7 +578,9 @@ def main(args: list[str]) -> None:
     from jsonargparse import CLI
 
     try:
-        CLI({"evaluate": evaluate, "sample": sample}, args=args, as_positional=False)
+        commands = {"evaluate": evaluate, "sample": sample}
+        # A --protocol's settings become the defaults: explicit options beat them.
+        CLI(commands, args=args, as_positional=False, set_defaults=cli_defaults(commands, args))
     except ResultsNotSavedError as err:  # the work is done and printed; only the file is missing
         print(f"lightning-gen: error: {err}", file=sys.stderr)
         sys.exit(1)
