@@ -72,6 +72,42 @@ def _alive(pid: int, start: str | None) -> bool:
     return start is None or _pid_start(pid) in (None, start)
 
 
+def prepare(args: argparse.Namespace, extra: list[str]
+            ) -> tuple[list[Param], list[str], dict, str]:
+    """Check the space, the options and the objective against the experiment before anything
+    runs: the params (keys made canonical), the trials' common options, the resolved config
+    and the direction.
+
+    Raises:
+        ValueError: an unknown or mistyped key, a value the experiment refuses, an objective
+            the experiment does not log (each one line).
+    """
+    params = load_space(args.space)
+    base = ["--config", *_joined(args.config, "--config"), *extra]
+    config = parse_config(base)  # the experiment + the command line, resolved
+    resolve_keys(params, config, args.space)
+    given = {a.split("=", 1)[0][2:] for a in extra if a.startswith("--")}
+    for param in params:
+        for key in param.keys:
+            if key in given or key.replace(".init_args", "") in given:
+                raise SweepError(f"{key} is both searched (--space) and set on the command "
+                                 "line; drop one")
+    check_space_values(params, config, base, args.space)
+    direction = args.direction or {"min": "minimize", "max": "maximize"}.get(
+        goal_of(args.objective) or "")
+    if direction is None:
+        raise SweepError(f"--direction minimize|maximize: '{args.objective}' has no known goal")
+    names, notes = logged_names(config)
+    if names and args.objective not in names:
+        raise SweepError(f"--objective {args.objective} is not logged by this experiment ("
+                         f"{'; '.join(notes) + '; ' if notes else ''}it logs "
+                         f"{', '.join(sorted(names))})")
+    if not names:
+        print(f"lightning-gen: warning: {'; '.join(notes)}: --objective {args.objective} is "
+              "checked when the first trial ends", file=sys.stderr)
+    return params, base, config, direction
+
+
 class Sweep:
     """One worker of a study: asks for trials until the study holds ``trials`` of them."""
 
@@ -79,28 +115,7 @@ class Sweep:
         import optuna
 
         self.args, self.extra = args, extra
-        self.params: list[Param] = load_space(args.space)
-        self.base = ["--config", *_joined(args.config, "--config"), *extra]
-        self.config = parse_config(self.base)  # the experiment + the command line, resolved
-        resolve_keys(self.params, self.config, args.space)
-        given = {a.split("=", 1)[0][2:] for a in extra if a.startswith("--")}
-        for param in self.params:
-            for key in param.keys:
-                if key in given or key.replace(".init_args", "") in given:
-                    raise SweepError(f"{key} is both searched (--space) and set on the command "
-                                     "line; drop one")
-        check_space_values(self.params, self.config, self.base, args.space)
-        self.direction = args.direction or {"min": "minimize", "max": "maximize"}.get(
-            goal_of(args.objective) or "")
-        if self.direction is None:
-            raise SweepError(f"--direction minimize|maximize: '{args.objective}' has no known "
-                             "goal")
-        names, notes = logged_names(self.config)
-        if names and args.objective not in names:
-            raise SweepError(f"--objective {args.objective} is not logged by this experiment ("
-                             f"{'; '.join(notes) + '; ' if notes else ''}it logs "
-                             f"{', '.join(sorted(names))})")
-        self.objective_checked = bool(names)
+        self.params, self.base, self.config, self.direction = prepare(args, extra)
         logger = (self.config.get("trainer") or {}).get("logger")
         self.logger_args = (logger.get("init_args") or {}) if isinstance(logger, dict) and str(
             logger.get("class_path")) == SUITE_LOGGER else None
