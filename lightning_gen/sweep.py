@@ -214,7 +214,9 @@ class Sweep:
         """The next trial to run, or ``None`` when the study holds ``--trials`` of them."""
         with self.lock():
             self.recover()
-            if len(counted(self.study.get_trials(deepcopy=False))) >= self.args.trials:
+            trials = counted(self.study.get_trials(deepcopy=False))
+            waiting = [t for t in trials if t.state.name == "WAITING"]  # retries come first
+            if not waiting and len(trials) >= self.args.trials:
                 return None
             trial = self.study.ask()
             before = [t for t in counted(self.study.get_trials(deepcopy=False))
