@@ -73,6 +73,7 @@ class TrialReporter(Callback):
         self.trainer: Trainer | None = None
         self.result: dict[str, Any] = {"trial": spec["number"], "pruned": False, "last": None,
                                        "reports": 0}
+        self.stop = False  # rank 0's decision (loggers log on rank 0 only)
 
     def attach(self, trainer: Trainer) -> TrialReporter:
         self.trainer = trainer
@@ -95,6 +96,17 @@ class TrialReporter(Callback):
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update({"sweep": sweep}, allow_val_change=True)
 
+    def on_train_batch_end(self, trainer: Trainer, *args) -> None:
+        # Under DDP every rank must stop at the same step: rank 0's decision, shared.
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self.stop,
+                                                                               all=False):
+            trainer.should_stop = True
+
+    def _stop(self) -> None:
+        self.stop = True
+        if self.trainer.world_size == 1:
+            self.trainer.should_stop = True
+
     def report(self, metrics: dict[str, Any], step: int | None) -> None:
         trainer = self.trainer
         if self.objective not in metrics or trainer is None or not trainer.is_global_zero:
@@ -112,12 +124,12 @@ class TrialReporter(Callback):
         except Exception as err:  # noqa: BLE001 (e.g. the trial was failed by another worker)
             print(f"lightning-gen: sweep trial {self.spec['number']}: cannot report to the "
                   f"study ({type(err).__name__}: {err}); stopping", file=sys.stderr, flush=True)
-            trainer.should_stop = True
+            self._stop()
             self._write()
             return
         if prune:
             self.result.update(pruned=True, pruned_step=step)
-            trainer.should_stop = True
+            self._stop()
             print(f"lightning-gen: sweep trial {self.spec['number']} pruned at step {step} "
                   f"({self.objective} = {value:.6g})", file=sys.stderr, flush=True)
         self._write()
