@@ -137,11 +137,11 @@ class Sweep:
               else "failed_trial_callback")
         heartbeat[kw] = lambda study, trial: retry(study, trial, "its worker stopped sending "
                                                    "heartbeats")
-        self.storage = make_storage(self.storage_url, **heartbeat)
         sampler = (optuna.samplers.RandomSampler(seed=args.seed) if args.sampler == "random"
                    else optuna.samplers.TPESampler(seed=args.seed))
         self.pruner_kwargs = json.loads(args.pruner_kwargs or "{}")
-        with self.lock():
+        with self.lock():  # two workers creating one SQLite file's tables would collide
+            self.storage = make_storage(self.storage_url, **heartbeat)
             self.study = optuna.create_study(
                 study_name=self.name, storage=self.storage, sampler=sampler,
                 pruner=make_pruner(args.pruner, self.pruner_kwargs), direction=self.direction,
@@ -514,6 +514,8 @@ def main(argv: list[str]) -> None:
     with warnings.catch_warnings():
         # fail_stale_trials and the matplotlib plots are "experimental" in Optuna's words.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Optuna runs heartbeats itself only in Study.optimize; the sweep runs its own.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
         sweep = Sweep(args, extra)
         handlers = {s: signal.signal(s, sweep.on_signal) for s in (signal.SIGINT,
                                                                     signal.SIGTERM)}
