@@ -177,3 +177,19 @@ def test_an_unknown_key_or_objective_is_one_line_and_starts_no_trial(change, mes
     assert info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [message]
     assert not Path("runs").exists()
+
+
+def test_a_crashed_trial_fails_with_its_error_line_and_the_sweep_goes_on(capsys):
+    # A value the parser takes but the model refuses when it is built: each trial fails.
+    Path("bad.yaml").write_text("model.init_args.lr_g: {type: categorical, choices: [-0.1]}\n")
+    args = list(SWEEP)
+    args[args.index("--space") + 1] = "bad.yaml"
+    main(["sweep", *args, "--study_name", NAME, "--trials", "2", "--in_process", "true"])
+    trials = study().trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
+    line = ("lightning-gen: error: lr_g must be a positive learning rate, got -0.1 "
+            "(--model.init_args.lr_g)")
+    assert [t.user_attrs["error"] for t in trials] == [line, line]
+    out = capsys.readouterr().out
+    assert f"trial 1 failed: {line}" in out and "2 of 2 trials finished" in out
+    assert "no complete trial" in out and Path(f"runs/sweeps/{NAME}/history.png").is_file()
