@@ -42,7 +42,14 @@ from lightning_gen.sweep_space import (
     parse_config,
     resolve_keys,
 )
-from lightning_gen.sweep_trial import ENV, PRUNERS, make_pruner, make_storage
+from lightning_gen.sweep_trial import (
+    ENV,
+    PRUNERS,
+    error_line,
+    make_pruner,
+    make_storage,
+    run_in_process,
+)
 
 # Options a trial sets for itself (or that a sweep cannot honour).
 RESERVED = ("--ckpt_path", "--trainer.logger.init_args.version", "--print_config")
@@ -313,7 +320,7 @@ class Sweep:
         env = {**os.environ, ENV: json.dumps(spec)}
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.args.in_process:
-            return _run_in_process(args, env, log_path)
+            return run_in_process(args, env, log_path)
         cmd = [sys.executable, "-m", "lightning_gen.cli", "fit", *args]
         with open(log_path, "w") as log:
             log.write(" ".join(cmd) + "\n")
@@ -321,7 +328,7 @@ class Sweep:
             self.child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             code = self.child.wait()
             self.child = None
-        return code, _error_line(log_path.read_text()) if code else None
+        return code, error_line(log_path.read_text()) if code else None
 
     def on_signal(self, signum: int, frame) -> None:
         """SIGINT/SIGTERM: the running trial stops (saving its checkpoint), then the sweep.
@@ -386,75 +393,6 @@ def _joined(values: list[str], flag: str) -> list[str]:
     for i, value in enumerate(values):
         out += [flag, value] if i else [value]
     return out
-
-
-def _error_line(text: str) -> str | None:
-    """The line a failed ``lightning-gen fit`` ended with: its one-line error, else the last
-    line of a traceback."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    mine = [ln for ln in lines if ln.startswith("lightning-gen: ")]
-    return (mine or lines or [None])[-1]
-
-
-def _run_in_process(args: list[str], env: dict[str, str], log_path: Path
-                    ) -> tuple[int, str | None]:
-    """``lightning-gen fit ARGS`` in this process (``--in_process true``); its output as usual."""
-    from lightning_gen.cli import main
-
-    saved_env, saved_argv, saved_err = dict(os.environ), sys.argv, sys.stderr
-    tee = _Tee(sys.stderr)
-    os.environ.update(env)
-    # A DDP launcher starts the other ranks with this process's command line: the trial's.
-    sys.argv = [sys.argv[0], "fit", *args]
-    sys.stderr = tee
-    code, error = 0, None
-    try:
-        main(["fit", *args])
-    except SystemExit as err:
-        code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
-    except KeyboardInterrupt:
-        code = 130
-    except Exception as err:  # noqa: BLE001 (a crashed trial fails; the sweep goes on)
-        code, error = 1, f"{type(err).__name__}: {err}".splitlines()[0]
-    finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
-        sys.argv, sys.stderr = saved_argv, saved_err
-        log_path.write_text(tee.buffer.getvalue())
-        _free_memory()
-    if code and error is None:
-        error = _error_line(tee.buffer.getvalue())
-    return code, error
-
-
-class _Tee:
-    def __init__(self, stream) -> None:
-        import io
-
-        self.stream, self.buffer = stream, io.StringIO()
-
-    def write(self, text: str) -> int:
-        self.buffer.write(text)
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def __getattr__(self, name: str):
-        return getattr(self.stream, name)
-
-
-def _free_memory() -> None:
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
 
 
 def parser() -> argparse.ArgumentParser:

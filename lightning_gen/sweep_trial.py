@@ -9,6 +9,8 @@ the trial's intermediate value at that step (``optuna.trial.Trial(study, trial_i
 the sweep process asked for, rebuilt from the storage), and the pruner is asked; when it says
 prune, training stops at the end of that step (checkpoint and W&B run as at any end). The
 result file tells the sweep the run folder, the last value and whether the trial was pruned.
+
+:func:`run_in_process` runs such a ``fit`` inside the sweep's process (``--in_process true``).
 """
 
 from __future__ import annotations
@@ -174,3 +176,73 @@ def attach_from_env(trainer: Trainer) -> None:
     text = os.environ.get(ENV)
     if text:
         TrialReporter(json.loads(text)).attach(trainer)
+
+
+# --- the sweep's side: running a trial in the sweep's process (--in_process true) -------
+def error_line(text: str) -> str | None:
+    """The line a failed ``lightning-gen fit`` ended with: its one-line error, else the last
+    line of a traceback."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    mine = [ln for ln in lines if ln.startswith("lightning-gen: ")]
+    return (mine or lines or [None])[-1]
+
+
+def run_in_process(args: list[str], env: dict[str, str], log_path: Path
+                    ) -> tuple[int, str | None]:
+    """``lightning-gen fit ARGS`` in this process (``--in_process true``); its output as usual."""
+    from lightning_gen.cli import main
+
+    saved_env, saved_argv, saved_err = dict(os.environ), sys.argv, sys.stderr
+    tee = _Tee(sys.stderr)
+    os.environ.update(env)
+    # A DDP launcher starts the other ranks with this process's command line: the trial's.
+    sys.argv = [sys.argv[0], "fit", *args]
+    sys.stderr = tee
+    code, error = 0, None
+    try:
+        main(["fit", *args])
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as err:  # noqa: BLE001 (a crashed trial fails; the sweep goes on)
+        code, error = 1, f"{type(err).__name__}: {err}".splitlines()[0]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv, sys.stderr = saved_argv, saved_err
+        log_path.write_text(tee.buffer.getvalue())
+        _free_memory()
+    if code and error is None:
+        error = error_line(tee.buffer.getvalue())
+    return code, error
+
+
+class _Tee:
+    def __init__(self, stream) -> None:
+        import io
+
+        self.stream, self.buffer = stream, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.buffer.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
