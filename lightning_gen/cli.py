@@ -46,11 +46,13 @@ from lightning_gen.run_record import ImagesSeen, record_run, set_wandb_defaults
 from lightning_gen.runs import atomic_write, logger_dir, run_dir
 
 DEBUG_ENV = "LIGHTNING_GEN_DEBUG"
+SWEEP_TRIAL_ENV = "LIGHTNING_GEN_SWEEP_TRIAL"  # lightning_gen.sweep_trial.ENV
 DESCRIPTION = (
     "Train and evaluate generative models: `lightning-gen fit --config experiments/NAME.yaml`. "
     "Also `lightning-gen evaluate --help` (FID/IS/KID/precision-recall, ELBO of a checkpoint) "
     "and `lightning-gen sample --help` (write samples as PNGs)."
     " `lightning-gen compare --help`: runs side by side (table, curves, sample grids)."
+    " `lightning-gen sweep --help`: hyperparameter search (Optuna), every trial a run."
 )
 
 
@@ -126,12 +128,17 @@ class LightningGenCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.insert(0, ImagesSeen())  # W&B's `images_seen` x-axis
         MetricsFile().attach(trainer)  # <run>/metrics.csv and summary.json, whatever the logger
+        if os.environ.get(SWEEP_TRIAL_ENV):  # a sweep's trial: report the objective, prune
+            from lightning_gen.sweep_trial import attach_from_env
+
+            attach_from_env(trainer)
         _check_launch(trainer)
         faults.check_run_folder(trainer)
         return trainer
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is not None:
+            _wandb_agent_run(self.config[self.subcommand])
             _resume_latest_run(self.config[self.subcommand])
             merge_last(self, getattr(self, "_argv", []))
             set_wandb_defaults(self.config[self.subcommand], job_type=self.subcommand)
@@ -223,6 +230,21 @@ def _resume_latest_run(config) -> None:
     args["version"] = runs[-1].parent.parent.name
 
 
+def _wandb_agent_run(config) -> None:
+    """Started by a W&B sweep agent (``WANDB_SWEEP_ID`` and ``WANDB_RUN_ID`` set): the run
+    is the agent's run, so the suite's W&B logger takes its id as ``version`` (run folder
+    ``<save_dir>/<project>/<run id>``) unless one is given (docs/sweeps.md, "W&B Sweeps")."""
+    run_id = os.environ.get("WANDB_RUN_ID")
+    if not (os.environ.get("WANDB_SWEEP_ID") and run_id):
+        return
+    logger = config.get("trainer", {}).get("logger")
+    if hasattr(logger, "get") and str(logger.get("class_path", "")).endswith(
+            "lightning_gen.loggers.WandbLogger"):
+        args = logger.get("init_args")
+        if args is not None and not args.get("version"):
+            args["version"] = run_id
+
+
 def _check_launch(trainer) -> None:
     """``--trainer.num_nodes N`` (N > 1) started without a launcher would wait for the other
     nodes until the process group times out (30 minutes), silently; say so instead."""
@@ -279,6 +301,11 @@ def main(args: list[str] | None = None) -> None:
             from lightning_gen.compare import main as compare_main
 
             return compare_main(argv[1:])
+        if argv[:1] == ["sweep"]:
+            # Hyperparameter search on Optuna (lightning_gen.sweep), each trial a `fit`.
+            from lightning_gen.sweep import main as sweep_main
+
+            return sweep_main(argv[1:])
         LightningGenCLI(
             model_class=GenerativeModel,
             datamodule_class=ImageDataModule,

@@ -2,7 +2,7 @@
 
 ``fit``, ``validate`` and ``test`` are LightningCLI subcommands (``lightning-gen fit --help`` is
 LightningCLI's own help, every option of the model, the data and the Trainer); ``evaluate``,
-``sample`` and ``compare`` are dispatched by :func:`lightning_gen.cli.main` to their own parsers
+``sample``, ``compare`` and ``sweep`` are dispatched by :func:`lightning_gen.cli.main` to their own parsers
 before LightningCLI is built. LightningCLI's top-level help knows only its own subcommands (and
 ``predict``, which no model here has a step for), so the top level prints this list instead.
 """
@@ -17,6 +17,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("evaluate", "FID/IS/KID/precision-recall of a checkpoint's samples (and ELBO for VAEs)"),
     ("sample", "write a checkpoint's samples as PNGs (and .npz) for outside tools"),
     ("compare", "compare run folders: differing config, metrics table, curves and sample grids"),
+    ("sweep", "hyperparameter search (Optuna), every trial a run; ranking and plots at the end"),
 )
 
 

@@ -3,6 +3,7 @@
     lightning-gen compare runs/lightning-gen/quickstart-A runs/lightning-gen/quickstart-B
     lightning-gen compare 'runs/lightning-gen/dcgan*' --metrics train/g_loss,metrics/fid
     lightning-gen compare --group dcgan_cifar10 --x g_steps --out compare/dcgan
+    lightning-gen compare --sweep dcgan_lr_beta1   # a sweep's trials, ranked (sweep_plots)
 
 Reads each run's ``config.yaml``, ``summary.json``, ``metrics.csv``, ``eval/results.jsonl`` and
 ``images/*_last.png`` and writes into one folder (printed at the end):
@@ -418,7 +419,20 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", help="output folder (default: compare/<date>-<time>)")
     parser.add_argument("--ignore", default="", help="comma-separated config keys (or "
                         "patterns, e.g. 'data.init_args.data_dir') left out of the table")
+    parser.add_argument("--sweep", metavar="NAME", help="a sweep's trials instead (lightning-gen "
+                        "sweep): ranked by its objective, with Optuna's plots (history, "
+                        "parallel coordinates, importances); see docs/sweeps.md")
+    parser.add_argument("--storage", help="with --sweep: the study's database URL (default: "
+                        "sqlite:///<runs_dir>/sweeps/NAME/study.db)")
     args = parser.parse_args(argv)
+    if args.sweep:
+        from lightning_gen.sweep_plots import load, report
+
+        if args.runs or args.group:
+            raise ValueError("--sweep NAME compares a sweep's trials: give no RUN_DIR or --group")
+        report(load(args.sweep, args.storage, args.runs_dir),
+               args.out or Path(args.runs_dir) / "sweeps" / args.sweep)
+        return
 
     def split(text: str | None) -> list[str]:
         return [t.strip() for t in (text or "").split(",") if t.strip()]

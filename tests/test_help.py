@@ -10,7 +10,7 @@ import pytest
 from lightning_gen import cli
 from lightning_gen.cli import main
 
-COMMANDS = ["fit", "validate", "test", "evaluate", "sample", "compare"]
+COMMANDS = ["fit", "validate", "test", "evaluate", "sample", "compare", "sweep"]
 
 
 def command_lines(text: str) -> dict[str, str]:
@@ -45,6 +45,7 @@ def test_no_command_prints_the_list_and_fails(capsys):
     pytest.param("compare", "--group", marks=pytest.mark.skipif(
         not (Path(cli.__file__).parent / "compare.py").exists(),
         reason="lightning_gen/compare.py comes with branch `compare`")),
+    ("sweep", "--objective"),
 ])
 def test_each_listed_command_has_its_own_help(command, option, capsys):
     with pytest.raises(SystemExit) as exit_info:
