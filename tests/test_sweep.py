@@ -49,7 +49,7 @@ def wait_for(condition, timeout: float = 180) -> None:
     end = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < end, "timed out"
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def trials_where(state: TrialState) -> list:
@@ -98,15 +98,19 @@ def test_three_trial_sweep_runs_three_runs_ranks_them_and_plots(capsys):
 
 
 def test_a_killed_sweep_goes_on_where_it_stopped_with_exactly_n_trials(capsys):
-    proc = start("--trials", "2", "--in_process", "true", "--trainer.max_steps", "6")
+    # 200 steps a trial: the second trial runs long enough to be seen RUNNING on a loaded
+    # machine (with 6 steps it could end between two looks, and the test waited in vain).
+    proc = start("--trials", "2", "--in_process", "true", "--trainer.max_steps", "200")
     try:  # killed (SIGKILL, no clean-up) during its second trial
-        wait_for(lambda: trials_where(TrialState.COMPLETE) and trials_where(TrialState.RUNNING))
+        wait_for(lambda: (trials_where(TrialState.COMPLETE) and trials_where(TrialState.RUNNING))
+                 or proc.poll() is not None)
+        assert proc.poll() is None, "the sweep ended before it could be killed in its 2nd trial"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
     killed = trials_where(TrialState.RUNNING)[0]
     # The same command (trials in processes of their own this time) goes on.
-    main(["sweep", *SWEEP, "--trials", "2", "--trainer.max_steps", "6"])
+    main(["sweep", *SWEEP, "--trials", "2", "--trainer.max_steps", "200"])
     trials = study().trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL,
                                          TrialState.COMPLETE]
