@@ -3,8 +3,12 @@ images, tiny format-true data, and the evaluator run those tests share."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
+from lightning_gen.cli import main
 from lightning_gen.metrics import GenerativeEvaluator, build_extractor, load_split
 from lightning_gen.models import GenerativeModel
 
@@ -60,3 +64,14 @@ def evaluator(classifier_ckpt, cache_dir, batch_size: int = 16) -> GenerativeEva
                              kid_subsets=2, kid_subset_size=8)
     ev.keep_generated = True
     return ev
+
+
+def run_evaluate(setup: dict, ckpt, out: Path, *extra: str, batch_size: int = 8) -> dict:
+    """``lightning-gen evaluate`` of ``ckpt`` on 20 samples vs the test split, in the space of
+    ``setup["clf"]`` (a tiny classifier), with ``extra`` options; the JSON it wrote."""
+    main(["evaluate", "--ckpt_path", str(ckpt), "--num_samples", "20", "--reference", "test",
+          "--feature_extractor", f"classifier:{setup['clf']}", "--batch_size", str(batch_size),
+          "--kid_subset_size", "8", "--kid_subsets", "2", "--isc_splits", "2",
+          "--accelerator", "cpu", "--progress", "false", "--trust_checkpoint", "true",
+          "--cache_dir", str(out.parent / "cache"), "--out", str(out), *extra])
+    return json.loads(out.read_text())

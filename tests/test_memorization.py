@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from datamodules import MNISTDataModule
-from lightning_gen.cli import main
 from lightning_gen.metrics import to_uint8
 from lightning_gen.metrics.diagnostics import diagnose
 from lightning_gen.metrics.memorization import (
@@ -25,7 +24,13 @@ from lightning_gen.metrics.memorization import (
     write_neighbours_png,
 )
 from tests import fakedata
-from tests.diagnostics_helpers import CopyGenerator, NoiseGenerator, evaluator, split_images
+from tests.diagnostics_helpers import (
+    CopyGenerator,
+    NoiseGenerator,
+    evaluator,
+    run_evaluate,
+    split_images,
+)
 from tests.metrics_helpers import classifier_checkpoint, save_module_checkpoint
 
 SHAPE = (1, 16, 16)
@@ -147,19 +152,11 @@ def test_gaussian_noise_is_not_memorized(setup, tmp_path):
     assert not _shows(png, boxes["pixels", 1, 0], pixels[int(i[1, 0])])
 
 
-def _evaluate(setup, ckpt, out: Path, *extra) -> dict:
-    main(["evaluate", "--ckpt_path", str(ckpt), "--num_samples", "20", "--reference", "test",
-          "--feature_extractor", f"classifier:{setup['clf']}", "--batch_size", "8",
-          "--kid_subset_size", "8", "--kid_subsets", "2", "--isc_splits", "2",
-          "--accelerator", "cpu", "--progress", "false", "--trust_checkpoint", "true",
-          "--cache_dir", str(out.parent / "cache"), "--out", str(out), *extra])
-    return json.loads(out.read_text())
-
 
 def test_evaluate_neighbours_writes_the_png_beside_the_json(setup, tmp_path, capsys):
     ckpt = save_module_checkpoint(CopyGenerator.of(setup["train"]), tmp_path / "copy.ckpt",
                                   datamodule=setup["dm"])
-    result = _evaluate(setup, ckpt, tmp_path / "eval" / "copy.json", "--neighbours", "4",
+    result = run_evaluate(setup, ckpt, tmp_path / "eval" / "copy.json", "--neighbours", "4",
                        "--neighbours_k", "3")
     assert result["memorization_fraction"] == 1.0
     assert result["memorization_fraction_pixels"] == 1.0
@@ -179,14 +176,14 @@ def test_bad_neighbour_options_are_one_line_errors(setup, tmp_path, capsys):
                           (["--neighbours", "2", "--neighbours_k", "0"], "--neighbours_k must"),
                           (["--memorization_percentile", "100"], "--memorization_percentile")):
         with pytest.raises(SystemExit) as exit_info:
-            _evaluate(setup, tmp_path / "missing.ckpt", tmp_path / "x.json", *args)
+            run_evaluate(setup, tmp_path / "missing.ckpt", tmp_path / "x.json", *args)
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("lightning-gen: error: ") and "\n" not in err and message in err
     ckpt = save_module_checkpoint(CopyGenerator.of(setup["train"]), tmp_path / "copy.ckpt",
                                   datamodule=setup["dm"])
     with pytest.raises(SystemExit):
-        _evaluate(setup, ckpt, tmp_path / "x.json", "--neighbours", "2", "--neighbours_k", "40")
+        run_evaluate(setup, ckpt, tmp_path / "x.json", "--neighbours", "2", "--neighbours_k", "40")
     assert "--neighbours_k 40 is more than the 39 other images" in capsys.readouterr().err
 
 
@@ -206,7 +203,7 @@ def test_two_ddp_processes_give_the_single_process_numbers_and_png(setup, tmp_pa
     ckpt = save_module_checkpoint(CopyGenerator.of(setup["train"][:10]), tmp_path / "copy.ckpt",
                                   datamodule=setup["dm"])
     args = ["--neighbours", "6", "--neighbours_k", "2", "--batch_size", "4"]
-    single = _evaluate(setup, ckpt, tmp_path / "one" / "r.json", *args)
+    single = run_evaluate(setup, ckpt, tmp_path / "one" / "r.json", *args)
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "two" / "r.json"
     proc = subprocess.run(

@@ -3,7 +3,6 @@ unconditional samples, classes covered, KL(real || generated) and the bar chart.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from lightning_gen.metrics import build_extractor, to_uint8
 from lightning_gen.metrics.diagnostics import diagnose
 from lightning_gen.metrics.modes import mode_statistics, modes_figure
 from lightning_gen.models import Classifier
-from tests.diagnostics_helpers import CopyGenerator, evaluator, split_images
+from tests.diagnostics_helpers import CopyGenerator, evaluator, run_evaluate, split_images
 from tests.fakedata import write_idx
 from tests.metrics_helpers import TemplateGenerator, save_module_checkpoint
 
@@ -81,20 +80,13 @@ def test_mode_statistics_against_a_direct_computation():
     assert same["mode_kl"] == pytest.approx(0, abs=1e-12) and same["modes_covered"] == 3
 
 
-def _evaluate(setup, ckpt, out: Path, *extra) -> dict:
-    main(["evaluate", "--ckpt_path", str(ckpt), "--num_samples", "20", "--reference", "test",
-          "--feature_extractor", f"classifier:{setup['clf']}", "--batch_size", "10",
-          "--kid_subset_size", "8", "--kid_subsets", "2", "--isc_splits", "2",
-          "--accelerator", "cpu", "--progress", "false", "--trust_checkpoint", "true",
-          "--cache_dir", str(out.parent / "cache"), "--out", str(out), *extra])
-    return json.loads(out.read_text())
-
 
 def test_real_images_of_three_classes_cover_exactly_three(setup, tmp_path):
     keep = setup["test_y"] < 3  # classes 0, 1, 2 only
     generator = CopyGenerator.of(setup["test_x"][keep])
     ckpt = save_module_checkpoint(generator, tmp_path / "three.ckpt", datamodule=setup["dm"])
-    result = _evaluate(setup, ckpt, tmp_path / "eval" / "three.json", "--mode_coverage", "true")
+    result = run_evaluate(setup, ckpt, tmp_path / "eval" / "three.json", "--mode_coverage",
+                          "true", batch_size=10)
     assert result["modes_covered"] == 3 and result["modes_total"] == 4
     assert result["mode_share_threshold"] == pytest.approx(0.025)
     # Directly: the images the generator returned (seed 0 + batch), labelled by their class.
@@ -130,7 +122,7 @@ def test_the_bar_chart_has_a_bar_per_class_and_set():
 def test_off_by_default(setup, tmp_path):
     ckpt = save_module_checkpoint(CopyGenerator.of(setup["test_x"]), tmp_path / "all.ckpt",
                                   datamodule=setup["dm"])
-    result = _evaluate(setup, ckpt, tmp_path / "off.json")
+    result = run_evaluate(setup, ckpt, tmp_path / "off.json", batch_size=10)
     assert "modes_covered" not in result and not (tmp_path / "modes_off.png").exists()
     assert "last_generated" not in result  # nothing kept, nothing leaked into the JSON
 
