@@ -250,7 +250,9 @@ def test_pggan_yaml_fits(name, fixture, size, steps, request):
     assert model.images_seen == 8 * steps // 2
     assert model.resolution == (size if size == 32 else 8)
     assert_finite_params(model)
-    assert all(math.isfinite(float(v)) for v in cli.trainer.callback_metrics.values())
+    logged = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert all(math.isfinite(v) for v in logged.values()), logged
+    assert logged["train/resolution"] == model.resolution and "train/d_drift" in logged
     assert model.sample(2).shape == (2, 3, size, size)
 
 
@@ -269,6 +271,7 @@ def test_lightning_gen_evaluate_reads_a_mid_growth_checkpoint(cifar10_dir, tmp_p
     import json
 
     from lightning_gen.cli import main
+    from lightning_gen.evaluate import load_run
     from tests.metrics_helpers import classifier_checkpoint
 
     main(["fit", "--config", str(EXPERIMENTS / "pggan_cifar10.yaml"), *SMALL[:4],
@@ -279,6 +282,8 @@ def test_lightning_gen_evaluate_reads_a_mid_growth_checkpoint(cifar10_dir, tmp_p
           "--trainer.default_root_dir", str(tmp_path / "run"), "--images.every_n_epochs", "0"])
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=False)["pggan"]["alpha"] == 0.5
+    model, _ = load_run(str(ckpt))  # what evaluate and sample load
+    assert (model.resolution, model.alpha) == (8, 0.5)
     clf = classifier_checkpoint(tmp_path / "clf.ckpt", image_shape=(3, 32, 32))
     out = tmp_path / "eval.json"
     main(["evaluate", "--ckpt_path", str(ckpt), "--num_samples", "16", "--reference", "test",
