@@ -169,7 +169,7 @@ def test_active_parameters_get_gradients_inactive_ones_none(level, alpha):
     d_active = {n for n in d_names if n.split(".")[0] in ("final_conv", "final_dense", "output")}
     d_active |= _active({"blocks": list(range(level)), "from_rgb": rgb}, d_names)
 
-    real = progressive_reals(torch.rand(8, 3, 16, 16) * 2 - 1, level, alpha)
+    real = torch.rand(8, 3, 16, 16) * 2 - 1  # the data's size: the loss downsamples it
     with torch.no_grad():
         fake = model.generate(torch.randn(8, 8))
     d_terms = model.discriminator_loss(real, fake, None)

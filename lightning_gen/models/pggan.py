@@ -126,11 +126,9 @@ class PGGAN(GANBase):
             for optimizer in self.trainer.optimizers:
                 optimizer.state.clear()
         self._phase = phase
-        full = batch[0] if isinstance(batch, (list, tuple)) else batch
-        real = progressive_reals(full, self.level, self.alpha)
-        batch = (real, *batch[1:]) if isinstance(batch, (list, tuple)) else real
         super().training_step(batch, batch_idx)
-        self.images_seen += full.shape[0] * self.trainer.world_size
+        real = batch[0] if isinstance(batch, (list, tuple)) else batch
+        self.images_seen += real.shape[0] * self.trainer.world_size
 
     def log_train_terms(self, terms: dict[str, torch.Tensor]) -> None:
         super().log_train_terms(terms)
@@ -153,6 +151,8 @@ class PGGAN(GANBase):
         return gradient_penalty(self.input_gradients(self.discriminate(x_hat), x_hat))
 
     def discriminator_loss(self, real, fake, labels):
+        # ``real`` is the data's full-resolution batch; D sees it at the current phase.
+        real = progressive_reals(real, self.level, self.alpha)
         real_scores = self.discriminate(real)
         wasserstein = wasserstein_critic_loss(real_scores, self.discriminate(fake))
         gp = self.penalty(real, fake)
