@@ -214,7 +214,10 @@ def _fit(steps: int, root, ckpt_path=None) -> tuple[PGGAN, _Phases]:
 def test_run_stopped_mid_fade_resumes_at_same_resolution_and_alpha(tmp_path):
     # Batch 4; 8 images at 4x4, then a 16-image fade to 8x8. The checkpoint after 4 iterations
     # (8 optimizer steps, 16 images) is half-way through the fade.
-    _, straight = _fit(20, tmp_path / "straight")
+    straight_model, straight = _fit(20, tmp_path / "straight")
+    # Adam's moments were cleared when the fade to 16x16 began (2 iterations before the end).
+    opt_g = straight_model.trainer.optimizers[0]
+    assert int(opt_g.state[straight_model.generator.dense.weight]["step"]) == 2
     ckpt = tmp_path / "straight" / "step=8.ckpt"
     state = torch.load(ckpt, weights_only=False)["pggan"]
     assert state == {"images_seen": 16, "level": 1, "alpha": 0.5, "resolution": 8,
