@@ -203,3 +203,15 @@ def categorical_nll(logits: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """
     nll = F.cross_entropy(logits, levels, reduction="none")  # (B, C, H, W)
     return nll.flatten(1).sum(dim=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Progressive GAN (Karras et al. 2018)
+
+
+def epsilon_drift_penalty(real_scores: torch.Tensor) -> torch.Tensor:
+    """Drift term of the progressive GAN's critic (Karras et al. 2018, App. A.1):
+    ``L_drift = E_x[D(x)^2]``, added as ``eps_drift * L_drift`` (``eps_drift = 0.001``) to keep
+    the critic's output from drifting far from zero.
+    """
+    return real_scores.float().pow(2).mean()

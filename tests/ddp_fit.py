@@ -16,7 +16,7 @@ import lightning as L
 import torch
 
 from datamodules import DigitsDataModule
-from lightning_gen.models import DCGAN, VAE, WGANGP, PixelCNN
+from lightning_gen.models import DCGAN, PGGAN, VAE, WGANGP, PixelCNN
 
 TINY = {"image_shape": (1, 16, 16), "latent_dim": 8, "g_width": 8, "d_width": 8}
 MODELS = {
@@ -25,6 +25,10 @@ MODELS = {
     "vae": lambda: VAE(image_shape=(1, 16, 16), latent_dim=4, width=8),
     "pixelcnn": lambda: PixelCNN(image_shape=(1, 16, 16), hidden=8, n_layers=2,
                                  num_fixed_samples=0),
+    # 16 images per step over both ranks: 4x4, then half-way through the fade to 8x8, then the
+    # fade to 16x16 starts (alpha 0), with the 16x16 blocks unused before it.
+    "pggan": lambda: PGGAN(image_shape=(1, 16, 16), latent_dim=8, width=8, fade_images=16,
+                           stabilize_images=8),
 }
 
 

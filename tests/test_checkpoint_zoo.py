@@ -20,7 +20,7 @@ from tests.zoo_utils import fit_yaml
 ONE_PER_MODEL = ["ae_mnist.yaml", "vae_mnist.yaml", "cvae_mnist.yaml", "cgan_mnist.yaml",
                  "quickstart.yaml", "sngan_cifar10.yaml", "wgan_gp_resnet_cifar10.yaml",
                  "gated_pixelcnn_cifar10.yaml", "cyclegan_mnist_inverted.yaml",
-                 "evaluator_mnist.yaml"]
+                 "evaluator_mnist.yaml", "pggan_cifar10.yaml"]
 
 
 @pytest.mark.parametrize("name", ONE_PER_MODEL)

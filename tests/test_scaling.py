@@ -20,7 +20,7 @@ from lightning.pytorch.plugins import MixedPrecision
 
 from datamodules import DigitsDataModule
 from lightning_gen.callbacks import Performance
-from lightning_gen.models import DCGAN, GAN, VAE, WGANGP, Autoencoder, PixelCNN
+from lightning_gen.models import DCGAN, GAN, PGGAN, VAE, WGANGP, Autoencoder, PixelCNN
 from lightning_gen.models.base import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +30,10 @@ TINY_GAN = {"image_shape": SHAPE, "latent_dim": 8, "g_width": 8, "d_width": 8}
 GANS = {
     "dcgan": lambda **kw: DCGAN(**TINY_GAN, **kw),
     "wgan_gp": lambda **kw: WGANGP(**TINY_GAN, n_critic=2, **kw),
+    # Grows 4x4 -> 8x8 (a fade and its optimizer resets) within the 6 steps; the 16x16 blocks
+    # stay unused (find_unused_parameters, GANBase.setup).
+    "pggan": lambda **kw: PGGAN(image_shape=SHAPE, latent_dim=8, width=8, fade_images=16,
+                                stabilize_images=8, **kw),
 }
 OTHERS = {
     "vae": lambda: VAE(image_shape=SHAPE, latent_dim=4, width=8),

@@ -43,4 +43,12 @@ ZOO = {
     "vae_mnist.yaml": ("mnist_dir", WIDTH8),
     "wgan_gp_cifar10.yaml": ("cifar10_dir", TINY_CONV),
     "wgan_gp_resnet_cifar10.yaml": ("cifar10_dir", TINY_CONV),
+    "pggan_celeba.yaml": ("celeba_dir", ("--model.init_args.width", "8",
+                                         "--model.init_args.latent_dim", "8",
+                                         "--model.init_args.fade_images", "8",
+                                         "--model.init_args.stabilize_images", "4")),
+    "pggan_cifar10.yaml": ("cifar10_dir", ("--model.init_args.width", "8",
+                                           "--model.init_args.latent_dim", "8",
+                                           "--model.init_args.fade_images", "8",
+                                           "--model.init_args.stabilize_images", "4")),
 }

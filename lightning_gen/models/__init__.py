@@ -15,6 +15,7 @@ from lightning_gen.models.dragan import DRAGAN
 from lightning_gen.models.gan import GAN, TextbookGAN
 from lightning_gen.models.gan_base import GANBase
 from lightning_gen.models.instance_noise import InstanceNoiseDCGAN
+from lightning_gen.models.pggan import PGGAN
 from lightning_gen.models.pixelcnn import PixelCNN
 from lightning_gen.models.sngan import SNGAN
 from lightning_gen.models.vae import VAE
@@ -26,4 +27,5 @@ __all__ = [
     "PixelCNN",
     "SingleObjectiveModel",
     "TextbookGAN",
+    "PGGAN",
 ]
