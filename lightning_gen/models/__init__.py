@@ -17,6 +17,7 @@ from lightning_gen.models.gan_base import GANBase
 from lightning_gen.models.instance_noise import InstanceNoiseDCGAN
 from lightning_gen.models.pixelcnn import PixelCNN
 from lightning_gen.models.sngan import SNGAN
+from lightning_gen.models.stylegan2 import StyleGAN2
 from lightning_gen.models.vae import VAE
 from lightning_gen.models.wgan_gp import WGANGP
 
@@ -26,4 +27,5 @@ __all__ = [
     "PixelCNN",
     "SingleObjectiveModel",
     "TextbookGAN",
+    "StyleGAN2",
 ]
