@@ -16,7 +16,7 @@ import lightning as L
 import torch
 
 from datamodules import DigitsDataModule
-from lightning_gen.models import DCGAN, VAE, WGANGP, PixelCNN
+from lightning_gen.models import DCGAN, VAE, WGANGP, PixelCNN, StyleGAN2
 
 TINY = {"image_shape": (1, 16, 16), "latent_dim": 8, "g_width": 8, "d_width": 8}
 MODELS = {
@@ -25,6 +25,8 @@ MODELS = {
     "vae": lambda: VAE(image_shape=(1, 16, 16), latent_dim=4, width=8),
     "pixelcnn": lambda: PixelCNN(image_shape=(1, 16, 16), hidden=8, n_layers=2,
                                  num_fixed_samples=0),
+    "stylegan2": lambda: StyleGAN2(image_shape=(1, 16, 16), latent_dim=8, w_dim=8,
+                                   mapping_layers=2, channel_base=64, channel_max=8),
 }
 
 

@@ -20,7 +20,7 @@ from lightning.pytorch.plugins import MixedPrecision
 
 from datamodules import DigitsDataModule
 from lightning_gen.callbacks import Performance
-from lightning_gen.models import DCGAN, GAN, VAE, WGANGP, Autoencoder, PixelCNN
+from lightning_gen.models import DCGAN, GAN, VAE, WGANGP, Autoencoder, PixelCNN, StyleGAN2
 from lightning_gen.models.base import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +30,9 @@ TINY_GAN = {"image_shape": SHAPE, "latent_dim": 8, "g_width": 8, "d_width": 8}
 GANS = {
     "dcgan": lambda **kw: DCGAN(**TINY_GAN, **kw),
     "wgan_gp": lambda **kw: WGANGP(**TINY_GAN, n_critic=2, **kw),
+    # 6 steps = batch 0 (D, lazy R1, G, lazy path length) + batch 1 (D, G)
+    "stylegan2": lambda **kw: StyleGAN2(image_shape=SHAPE, latent_dim=8, w_dim=8,
+                                        mapping_layers=2, channel_base=64, channel_max=8, **kw),
 }
 OTHERS = {
     "vae": lambda: VAE(image_shape=SHAPE, latent_dim=4, width=8),
