@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -124,6 +125,22 @@ def test_path_length_penalty_of_a_linear_generator():
     _, lengths = path_length_penalty(model.pl_grads(images, many), 0.0)
     analytic = float(A.square().sum()) / (16 * n_ws)
     assert abs(float(lengths.square().mean()) / analytic - 1) < 0.05
+
+
+def test_float16_overflow_in_the_path_length_step_leaves_pl_mean_alone():
+    """Under 16-mixed an overflowed penalty (GradScaler scale too high) is a skipped step; the
+    running mean a must not become inf/NaN for the rest of the run."""
+    model = tiny()
+    for scale, overflow in ((2.0**30, True), (1.0, False)):
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+        model.trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler),
+                                        world_size=1)
+        before = float(model.pl_mean)
+        with torch.autocast("cpu", dtype=torch.float16):
+            terms = model.pl_terms(8)
+        assert math.isfinite(float(terms["pl_penalty"])) != overflow
+        assert math.isfinite(float(model.pl_mean))
+        assert (float(model.pl_mean) == before) == overflow
 
 
 def test_lazy_regularization_adjusts_adam():

@@ -170,8 +170,11 @@ class StyleGAN2(GANBase):
         images, ws = self.generate_for_training(max(1, n // self.hparams.pl_batch_shrink))
         grads = self.pl_grads(images, ws)
         _, lengths = path_length_penalty(grads, self.pl_mean)
-        with torch.no_grad():
-            self.pl_mean.lerp_(self._rank_mean(lengths.detach().mean()), self.hparams.pl_decay)
+        with torch.no_grad():  # an overflowed float16 step (skipped by the GradScaler) must
+            # not poison the running mean: keep the old one then (no host sync)
+            moved = torch.lerp(self.pl_mean, self._rank_mean(lengths.detach().mean()),
+                               self.hparams.pl_decay)
+            self.pl_mean.copy_(torch.where(torch.isfinite(moved), moved, self.pl_mean))
         penalty, _ = path_length_penalty(grads, self.pl_mean)
         k = self._interval("pl")
         return {"loss": self.hparams.pl_weight * penalty * k + 0 * images.float().mean(),
