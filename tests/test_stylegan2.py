@@ -164,6 +164,24 @@ def test_truncation_psi_zero_returns_the_mean_latent():
     torch.testing.assert_close(half, gen.mapping.w_avg + 0.5 * (gen.mapping(z) - gen.mapping.w_avg))
 
 
+def test_style_mixing_takes_the_second_latents_styles_from_one_crossover_on():
+    """With mixing_prob 1 every batch crosses over at one random layer c in [1, num_ws): layers
+    < c carry w(z), layers >= c carry w(z2); with mixing_prob 0 all carry w(z)."""
+    gen = tiny().generator
+    z, z2 = torch.randn(3, 8), torch.randn(3, 8)
+    w, w2 = gen.mapping(z), gen.mapping(z2)
+    torch.testing.assert_close(gen.ws(z), w[:, None].expand(3, gen.num_ws, 8))
+    cutoffs = set()
+    for _ in range(30):
+        ws = gen.ws(z, mixing_prob=1.0, z2=z2)
+        from_z = [torch.allclose(ws[:, i], w) for i in range(gen.num_ws)]
+        cutoff = from_z.index(False)
+        assert cutoff >= 1 and all(from_z[:cutoff])
+        assert all(torch.allclose(ws[:, i], w2) for i in range(cutoff, gen.num_ws))
+        cutoffs.add(cutoff)
+    assert len(cutoffs) > 1
+
+
 # ----------------------------------------------------------------------------------------------
 # Networks
 @pytest.mark.parametrize("size", [16, 32, 64])

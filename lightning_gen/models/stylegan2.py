@@ -50,9 +50,10 @@ class StyleGAN2(GANBase):
         mbstd_group: Minibatch-stddev group size (4).
         style_mixing_prob: Probability of mixing two latents in a batch (0.9).
         r1_gamma: R1 weight ``gamma`` (10 for FFHQ 1024; 0 turns R1 off).
-        r1_interval: Lazy R1 every ``k`` batches (16; 0 or 1 disables laziness: ``k = 1``).
+        r1_interval: Lazy R1 step every ``k`` batches (16; 0 is taken as 1: a separate R1 step
+            every batch, Adam still adjusted with ``c = 1/2``).
         pl_weight: Path-length weight (2; 0 turns it off).
-        pl_interval: Lazy path-length regularisation every ``k`` batches (4).
+        pl_interval: Lazy path-length step every ``k`` batches (4; 0 as for ``r1_interval``).
         pl_decay: Decay of the path-length running mean ``a`` (0.01).
         pl_batch_shrink: The path-length batch is ``batch / pl_batch_shrink`` (2).
         w_avg_beta: Decay of the tracked mean ``w`` (0.995).
