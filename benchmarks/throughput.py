@@ -51,7 +51,7 @@ from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
 from lightning_gen import losses  # noqa: E402
 from lightning_gen.callbacks import Performance, ProgressBar  # noqa: E402
-from lightning_gen.models import DCGAN, PGGAN, VAE, WGANGP, PixelCNN  # noqa: E402
+from lightning_gen.models import DCGAN, PGGAN, VAE, WGANGP, PixelCNN, StyleGAN2  # noqa: E402
 
 CIFAR = (3, 32, 32)
 
@@ -198,6 +198,70 @@ def pixelcnn_hand_loop(module, amp: Amp):
     return step
 
 
+def stylegan2_hand_loop(module, amp: Amp):
+    """StyleGAN2's four phases by hand: D (logistic), lazy R1 every ``r1_interval`` batches,
+    G (non-saturating, with style mixing and the w_avg update), lazy path length every
+    ``pl_interval`` batches, then the generator EMA; Adam adjusted by c = k / (k + 1)."""
+    G, D, hp = module.generator, module.discriminator, module.hparams
+    lr_g, betas_g = losses.lazy_regularization_adam(hp.lr_g, hp.betas, hp.pl_interval)
+    lr_d, betas_d = losses.lazy_regularization_adam(hp.lr_d, hp.betas, hp.r1_interval)
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas_g)
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas_d)
+    ema = [p.detach().clone() for p in G.parameters()]
+    state = {"batches": 0, "pl_mean": torch.zeros((), device=module.device)}
+
+    def grad(out: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        total = out.float().sum()
+        if amp.scaler is None:
+            return torch.autograd.grad(total, inputs, create_graph=True)[0].float()
+        (g,) = torch.autograd.grad(amp.scaler.scale(total), inputs, create_graph=True)
+        return g.float() / amp.scaler._get_scale_async()
+
+    def fakes(n: int, update_w_avg: bool = False):
+        ws = G.ws(torch.randn(n, hp.latent_dim, device=module.device),
+                  mixing_prob=hp.style_mixing_prob)
+        if update_w_avg:
+            G.mapping.update_w_avg(ws[:, 0].detach().mean(0))
+        return G.synthesis(ws), ws
+
+    def step(real: torch.Tensor) -> None:
+        n, i = real.shape[0], state["batches"]
+        G.requires_grad_(False)
+        with torch.no_grad(), amp.autocast():
+            fake, _ = fakes(n)
+        with amp.autocast():
+            d_loss = losses.gan_discriminator_loss(D(real), D(fake))
+        amp.step(d_loss, opt_d)
+        if i % hp.r1_interval == 0:
+            x = real.detach().requires_grad_(True)
+            with amp.autocast():
+                logits = D(x)
+                r1 = losses.r1_penalty(grad(logits, x))
+                loss = 0.5 * hp.r1_gamma * r1 * hp.r1_interval + 0 * logits.float().mean()
+            amp.step(loss, opt_d)
+        G.requires_grad_(True)
+        D.requires_grad_(False)
+        with amp.autocast():
+            g_loss = losses.gan_generator_loss_nonsaturating(D(fakes(n, True)[0]))
+        amp.step(g_loss, opt_g)
+        if i % hp.pl_interval == 0:
+            with amp.autocast():
+                images, ws = fakes(max(1, n // hp.pl_batch_shrink))
+                y = torch.randn_like(images) / math.sqrt(images.shape[2] * images.shape[3])
+                _, lengths = losses.path_length_penalty(grad(images * y, ws), 0.0)
+                with torch.no_grad():
+                    state["pl_mean"].lerp_(lengths.detach().mean(), hp.pl_decay)
+                penalty = (lengths - state["pl_mean"]).square().mean()
+                loss = hp.pl_weight * penalty * hp.pl_interval + 0 * images.float().mean()
+            amp.step(loss, opt_g)
+        D.requires_grad_(True)
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in G.parameters()], 1 - hp.ema_decay)
+        state["batches"] += 1
+
+    return step
+
+
 def seeded(fn: Callable[[int], L.LightningModule]) -> Callable[[int], L.LightningModule]:
     def build(width: int):
         torch.manual_seed(0)
@@ -220,6 +284,13 @@ SPECS: dict[str, Spec] = {
     "pggan": Spec(seeded(pggan_full_resolution),
                   gan_hand_loop(pggan_d_loss, losses.wasserstein_generator_loss),
                   cpu_batch=32, cpu_steps=5),
+
+    # channels = width at every resolution, z and w of 8 * width (512 at width 64, the paper's);
+    # 16 timed steps on CPU cover one lazy R1 step and four path-length steps.
+    "stylegan2": Spec(seeded(lambda w: StyleGAN2(image_shape=CIFAR, latent_dim=8 * w,
+                                                 w_dim=8 * w, channel_base=32 * w,
+                                                 channel_max=w)), stylegan2_hand_loop,
+                      cpu_batch=16, cpu_steps=16),
 }
 
 

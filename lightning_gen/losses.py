@@ -215,3 +215,44 @@ def epsilon_drift_penalty(real_scores: torch.Tensor) -> torch.Tensor:
     the critic's output from drifting far from zero.
     """
     return real_scores.float().pow(2).mean()
+
+# StyleGAN2's regularisers (Mescheder et al. 2018; Karras et al. 2020)
+
+
+def r1_penalty(real_grads: torch.Tensor) -> torch.Tensor:
+    """R1 penalty without its weight (Mescheder et al. 2018, Eq. 9):
+    ``E_x[||grad_x D(x)||_2^2]`` at real samples; the regulariser is ``gamma / 2`` times this.
+
+    Args:
+        real_grads: ``grad_x D(x)`` at real images, ``(B, ...)``.
+    """
+    return real_grads.flatten(1).square().sum(dim=1).mean()
+
+
+def path_length_penalty(w_grads: torch.Tensor, target: torch.Tensor | float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Path-length penalty (Karras et al. 2020, Eq. 4): ``E_{w,y}[(||J_w^T y||_2 - a)^2]``,
+    ``y ~ N(0, I) / sqrt(H W)``, ``a`` the running mean of the lengths.
+
+    Args:
+        w_grads: ``J_w^T y = grad_w <g(w), y>``, ``(B, num_ws, w_dim)`` (one ``w`` per style
+            layer); the length is ``sqrt(mean over layers of ||grad||^2)``, as in the official
+            code.
+        target: ``a``.
+
+    Returns:
+        ``(penalty, lengths)``, ``lengths`` of shape ``(B,)`` (to update ``a``).
+    """
+    lengths = w_grads.square().sum(dim=2).mean(dim=1).sqrt()
+    return (lengths - target).square().mean(), lengths
+
+
+def lazy_regularization_adam(lr: float, betas: tuple[float, float], interval: int
+                             ) -> tuple[float, tuple[float, float]]:
+    """Adam settings for a network regularised every ``k = interval`` minibatches in separate
+    steps (Karras et al. 2020, App. B): ``c = k / (k + 1)``, ``lr' = c lr``,
+    ``beta' = beta ** c``; ``k = 0`` (no regulariser) leaves them unchanged."""
+    if interval <= 0:
+        return lr, tuple(betas)
+    c = interval / (interval + 1)
+    return lr * c, (betas[0] ** c, betas[1] ** c)

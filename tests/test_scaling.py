@@ -20,7 +20,16 @@ from lightning.pytorch.plugins import MixedPrecision
 
 from datamodules import DigitsDataModule
 from lightning_gen.callbacks import Performance
-from lightning_gen.models import DCGAN, GAN, PGGAN, VAE, WGANGP, Autoencoder, PixelCNN
+from lightning_gen.models import (
+    DCGAN,
+    GAN,
+    PGGAN,
+    VAE,
+    WGANGP,
+    Autoencoder,
+    PixelCNN,
+    StyleGAN2,
+)
 from lightning_gen.models.base import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +43,9 @@ GANS = {
     # stay unused (find_unused_parameters, GANBase.setup).
     "pggan": lambda **kw: PGGAN(image_shape=SHAPE, latent_dim=8, width=8, fade_images=16,
                                 stabilize_images=8, **kw),
+    # 6 steps = batch 0 (D, lazy R1, G, lazy path length) + batch 1 (D, G)
+    "stylegan2": lambda **kw: StyleGAN2(image_shape=SHAPE, latent_dim=8, w_dim=8,
+                                        mapping_layers=2, channel_base=64, channel_max=8, **kw),
 }
 OTHERS = {
     "vae": lambda: VAE(image_shape=SHAPE, latent_dim=4, width=8),

@@ -2,6 +2,8 @@
 
 from lightning_gen.nets.conv import ConvDecoder, ConvEncoder, base_size, dcgan_init_, num_parameters
 from lightning_gen.nets.pggan import ProgressiveDiscriminator, ProgressiveGenerator
+from lightning_gen.nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
 __all__ = ["ConvDecoder", "ConvEncoder", "base_size", "dcgan_init_", "num_parameters",
-           "ProgressiveDiscriminator", "ProgressiveGenerator"]
+           "ProgressiveDiscriminator", "ProgressiveGenerator",
+           "StyleGAN2Discriminator", "StyleGAN2Generator"]
