@@ -16,7 +16,7 @@ import lightning as L
 import torch
 
 from datamodules import DigitsDataModule
-from lightning_gen.models import DCGAN, VAE, WGANGP, PixelCNN
+from lightning_gen.models import DCGAN, VAE, WGANGP, BigGAN, PixelCNN
 
 TINY = {"image_shape": (1, 16, 16), "latent_dim": 8, "g_width": 8, "d_width": 8}
 MODELS = {
@@ -25,6 +25,8 @@ MODELS = {
     "vae": lambda: VAE(image_shape=(1, 16, 16), latent_dim=4, width=8),
     "pixelcnn": lambda: PixelCNN(image_shape=(1, 16, 16), hidden=8, n_layers=2,
                                  num_fixed_samples=0),
+    "biggan": lambda: BigGAN(image_shape=(1, 16, 16), latent_dim=12, g_width=2, d_width=2,
+                             attention_resolution=8, n_critic=2, num_fixed_samples=8),
 }
 
 

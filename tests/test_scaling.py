@@ -20,7 +20,7 @@ from lightning.pytorch.plugins import MixedPrecision
 
 from datamodules import DigitsDataModule
 from lightning_gen.callbacks import Performance
-from lightning_gen.models import DCGAN, GAN, VAE, WGANGP, Autoencoder, PixelCNN
+from lightning_gen.models import DCGAN, GAN, VAE, WGANGP, Autoencoder, BigGAN, PixelCNN
 from lightning_gen.models.base import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +30,8 @@ TINY_GAN = {"image_shape": SHAPE, "latent_dim": 8, "g_width": 8, "d_width": 8}
 GANS = {
     "dcgan": lambda **kw: DCGAN(**TINY_GAN, **kw),
     "wgan_gp": lambda **kw: WGANGP(**TINY_GAN, n_critic=2, **kw),
+    "biggan": lambda **kw: BigGAN(image_shape=SHAPE, latent_dim=12, g_width=2, d_width=2,
+                                  attention_resolution=8, n_critic=2, num_fixed_samples=8, **kw),
 }
 OTHERS = {
     "vae": lambda: VAE(image_shape=SHAPE, latent_dim=4, width=8),
