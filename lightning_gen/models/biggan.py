@@ -92,6 +92,7 @@ class BigGAN(ConditionalMixin, GANBase):
                                                  attention_resolution)
         init_weights_(self.generator, init)
         init_weights_(self.discriminator, init)
+        self.init_ema()  # now, so that generator_ema.* is in the state dict evaluate loads
 
     # ------------------------------------------------------------------------------------------
     # Conditioning
