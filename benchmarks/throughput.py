@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import ctypes
 import gc
 import math
@@ -51,7 +52,7 @@ from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
 from lightning_gen import losses  # noqa: E402
 from lightning_gen.callbacks import Performance, ProgressBar  # noqa: E402
-from lightning_gen.models import DCGAN, PGGAN, VAE, WGANGP, PixelCNN, StyleGAN2  # noqa: E402
+from lightning_gen.models import DCGAN, PGGAN, VAE, WGANGP, BigGAN, PixelCNN, StyleGAN2  # noqa: E402
 
 CIFAR = (3, 32, 32)
 
@@ -262,6 +263,50 @@ def stylegan2_hand_loop(module, amp: Amp):
     return step
 
 
+def biggan_hand_loop(module, amp: Amp):
+    """BigGAN's step by hand: hinge losses on class-conditional G and D (the Lightning loop's
+    labels: class 0, as one-hot vectors), orthogonal regularisation of G's raw weight matrices
+    in float32, n_critic D steps per G step, then the generator EMA update."""
+    G, D, hp = module.generator, module.discriminator, module.hparams
+    opt_g = torch.optim.Adam(G.parameters(), lr=hp.lr_g, betas=tuple(hp.betas))
+    opt_d = torch.optim.Adam(D.parameters(), lr=hp.lr_d, betas=tuple(hp.betas))
+    ortho = [p for n, p in G.named_parameters() if p.dim() >= 2 and not n.startswith("shared.")]
+    ema = copy.deepcopy(G).requires_grad_(False) if hp.ema_decay > 0 else None
+    state = {"d_steps": 0, "y": None}
+
+    def step(real: torch.Tensor) -> None:
+        if state["y"] is None:
+            labels = torch.zeros(real.shape[0], dtype=torch.long, device=real.device)
+            state["y"] = torch.nn.functional.one_hot(labels, hp.num_classes).float()
+        y = state["y"]
+        z = torch.randn(real.shape[0], hp.latent_dim, device=real.device)
+        with torch.no_grad(), amp.autocast():
+            fake = G(z, y)
+        G.requires_grad_(False)
+        with amp.autocast():
+            d_loss = losses.hinge_discriminator_loss(D(real, y), D(fake, y))
+        amp.step(d_loss, opt_d)
+        G.requires_grad_(True)
+        state["d_steps"] += 1
+        if state["d_steps"] % hp.n_critic == 0:
+            D.requires_grad_(False)
+            z = torch.randn(real.shape[0], hp.latent_dim, device=real.device)
+            with amp.autocast():
+                g_loss = losses.hinge_generator_loss(D(G(z, y), y))
+            with torch.autocast(real.device.type, enabled=False):
+                g_loss = g_loss + losses.orthogonal_regularization(ortho, hp.ortho_beta)
+            amp.step(g_loss, opt_g)
+            D.requires_grad_(True)
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(list(ema.parameters()),
+                                         [p.detach() for p in G.parameters()], 1 - hp.ema_decay)
+                    for b_ema, b in zip(ema.buffers(), G.buffers(), strict=True):
+                        b_ema.copy_(b)
+
+    return step
+
+
 def seeded(fn: Callable[[int], L.LightningModule]) -> Callable[[int], L.LightningModule]:
     def build(width: int):
         torch.manual_seed(0)
@@ -284,13 +329,17 @@ SPECS: dict[str, Spec] = {
     "pggan": Spec(seeded(pggan_full_resolution),
                   gan_hand_loop(pggan_d_loss, losses.wasserstein_generator_loss),
                   cpu_batch=32, cpu_steps=5),
-
     # channels = width at every resolution, z and w of 8 * width (512 at width 64, the paper's);
     # 16 timed steps on CPU cover one lazy R1 step and four path-length steps.
     "stylegan2": Spec(seeded(lambda w: StyleGAN2(image_shape=CIFAR, latent_dim=8 * w,
                                                  w_dim=8 * w, channel_base=32 * w,
                                                  channel_max=w)), stylegan2_hand_loop,
                       cpu_batch=16, cpu_steps=16),
+    # BigGAN-PyTorch's CIFAR arch[32] (ch = width), attention at 16x16, ortho reg., EMA.
+    "biggan": Spec(seeded(lambda w: BigGAN(image_shape=CIFAR, latent_dim=128, g_width=w,
+                                           d_width=w, num_classes=10, attention_resolution=16,
+                                           n_critic=4, ema_decay=0.9999)),
+                   biggan_hand_loop, n_critic=4, cpu_batch=32, cpu_steps=8),
 }
 
 

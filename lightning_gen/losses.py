@@ -256,3 +256,23 @@ def lazy_regularization_adam(lr: float, betas: tuple[float, float], interval: in
         return lr, tuple(betas)
     c = interval / (interval + 1)
     return lr * c, (betas[0] ** c, betas[1] ** c)
+
+# BigGAN (Brock, Donahue & Simonyan 2019)
+
+
+def orthogonal_regularization(weights: list[torch.Tensor], beta: float = 1e-4) -> torch.Tensor:
+    """BigGAN's modified orthogonal regularisation (Brock et al. 2019, Eq. 3):
+
+    ``R_beta(W) = beta * ||W^T W ⊙ (1 - I)||_F^2``, summed over the weights. Each weight is a
+    matrix whose columns are the filters: ``W`` of shape ``(fan_in, out)`` is the weight
+    reshaped to ``(out, fan_in)`` and transposed, so ``W^T W`` is the ``(out, out)`` Gram matrix
+    of the filters (as in the authors' ``utils.ortho``). Only the filters' cosine similarities
+    are penalised, not their norms.
+    """
+    total = weights[0].new_zeros((), dtype=torch.float32)
+    for w in weights:
+        w = w.float().flatten(1).t()  # (fan_in, out): columns are filters
+        gram = w.t() @ w  # (out, out)
+        off_diagonal = gram * (1 - torch.eye(gram.shape[0], device=gram.device))
+        total = total + off_diagonal.pow(2).sum()
+    return beta * total

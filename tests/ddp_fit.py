@@ -16,7 +16,7 @@ import lightning as L
 import torch
 
 from datamodules import DigitsDataModule
-from lightning_gen.models import DCGAN, PGGAN, VAE, WGANGP, PixelCNN, StyleGAN2
+from lightning_gen.models import DCGAN, PGGAN, VAE, WGANGP, BigGAN, PixelCNN, StyleGAN2
 
 TINY = {"image_shape": (1, 16, 16), "latent_dim": 8, "g_width": 8, "d_width": 8}
 MODELS = {
@@ -29,9 +29,10 @@ MODELS = {
     # fade to 16x16 starts (alpha 0), with the 16x16 blocks unused before it.
     "pggan": lambda: PGGAN(image_shape=(1, 16, 16), latent_dim=8, width=8, fade_images=16,
                            stabilize_images=8),
-
     "stylegan2": lambda: StyleGAN2(image_shape=(1, 16, 16), latent_dim=8, w_dim=8,
                                    mapping_layers=2, channel_base=64, channel_max=8),
+    "biggan": lambda: BigGAN(image_shape=(1, 16, 16), latent_dim=12, g_width=2, d_width=2,
+                             attention_resolution=8, n_critic=2, num_fixed_samples=8),
 }
 
 

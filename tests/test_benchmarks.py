@@ -158,4 +158,5 @@ def test_gpu_session_script_runs_its_steps_in_dry_run_mode(part, tables, tmp_pat
         assert "ratio" in text or "0 of 2 experiments failed" in text, text
     if part != "amp":
         rows = table_rows((out / "throughput-bf16-mixed.md").read_text())
-        assert {r[0] for r in rows} == {"dcgan", "wgan_gp", "vae", "pixelcnn"}
+        assert {r[0] for r in rows} == {"dcgan", "wgan_gp", "vae", "pixelcnn", "pggan",
+                                         "stylegan2", "biggan"}

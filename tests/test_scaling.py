@@ -27,6 +27,7 @@ from lightning_gen.models import (
     VAE,
     WGANGP,
     Autoencoder,
+    BigGAN,
     PixelCNN,
     StyleGAN2,
 )
@@ -46,6 +47,8 @@ GANS = {
     # 6 steps = batch 0 (D, lazy R1, G, lazy path length) + batch 1 (D, G)
     "stylegan2": lambda **kw: StyleGAN2(image_shape=SHAPE, latent_dim=8, w_dim=8,
                                         mapping_layers=2, channel_base=64, channel_max=8, **kw),
+    "biggan": lambda **kw: BigGAN(image_shape=SHAPE, latent_dim=12, g_width=2, d_width=2,
+                                  attention_resolution=8, n_critic=2, num_fixed_samples=8, **kw),
 }
 OTHERS = {
     "vae": lambda: VAE(image_shape=SHAPE, latent_dim=4, width=8),

@@ -7,6 +7,7 @@ from lightning_gen.models.base import (
     LabelMismatchError,
     SingleObjectiveModel,
 )
+from lightning_gen.models.biggan import BigGAN
 from lightning_gen.models.classifier import Classifier
 from lightning_gen.models.cvae import CVAE
 from lightning_gen.models.cyclegan import CycleGAN
@@ -30,4 +31,5 @@ __all__ = [
     "TextbookGAN",
     "PGGAN",
     "StyleGAN2",
+    "BigGAN",
 ]
