@@ -182,6 +182,7 @@ class SRGAN(PairedTranslationMixin, GANBase):
         lr_g, lr_d, betas: Adam (1e-4, 1e-4, (0.9, 0.999)).
         lr_decay_g_steps: After this many generator steps both learning rates are divided by
             10 (the paper: 1e5 updates at 1e-4, then 1e5 at 1e-5; 0: never).
+        grad_clip: Clip each network's gradient norm to this value (0: off, the paper).
         num_fixed_samples: Low-res images kept for ``sample`` and the grids.
     """
 
@@ -202,16 +203,21 @@ class SRGAN(PairedTranslationMixin, GANBase):
         lr_d: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         lr_decay_g_steps: int = 0,
+        grad_clip: float = 0.0,
         num_fixed_samples: int = 8,
     ) -> None:
+        # latent_dim=1: SRGAN has no noise input; the base's fixed noise goes unused.
         super().__init__(image_shape=image_shape, latent_dim=1, n_critic=1, lr_g=lr_g,
-                         lr_d=lr_d, betas=betas, optimizer="adam",
+                         lr_d=lr_d, betas=betas, optimizer="adam", grad_clip=grad_clip,
                          num_fixed_samples=num_fixed_samples)
         if content_layer not in ("relu5_4", "relu2_2", "mse"):
             raise ValueError(f"content_layer must be relu5_4, relu2_2 or mse, got {content_layer!r}")
         self.generator = SRResNetGenerator(image_shape[0], width, n_blocks, scale_factor)
         self.discriminator = SRDiscriminator(image_shape, d_width, d_dense)
         self._init_fixed()
+
+    def _make_optimizer(self, params, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=lr, betas=tuple(self.hparams.betas))
 
     # ------------------------------------------------------------------------------------------
     def vgg(self) -> VGGFeatures:

@@ -129,25 +129,34 @@ class VGGFeatures(nn.Module):
 
     def __init__(self, layer: str = "relu5_4", weights: str = "imagenet") -> None:
         super().__init__()
-        from torchvision.models import VGG19_Weights, vgg19
+        from torchvision.models import VGG19_Weights
+        from torchvision.models.vgg import cfgs, make_layers
 
         if layer not in VGG19_LAYERS:
             raise ValueError(f"VGG layer must be one of {', '.join(VGG19_LAYERS)}, got {layer!r}")
+        # Only the convolutional part is built: VGG19's classifier holds 120M of its 140M
+        # parameters and is never used here.
+        features = make_layers(cfgs["E"])
+        for m in features.modules():  # torchvision's VGG initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
         if weights == "imagenet":
-            net = vgg19(weights=VGG19_Weights.IMAGENET1K_V1)
+            state = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+        elif weights == "random":
+            state = None
         else:
-            net = vgg19(weights=None)
-            if weights != "random":
-                path = Path(weights)
-                if not path.is_file():
-                    raise FileNotFoundError(
-                        f"VGG19 weights file not found: {path}. Save torchvision's "
-                        "vgg19(weights='IMAGENET1K_V1').state_dict() there, or use 'imagenet'")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-                state = {k: v for k, v in state.items() if k.startswith("features.")}
-                net.load_state_dict(state, strict=False)
+            path = Path(weights)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"VGG19 weights file not found: {path}. Save torchvision's "
+                    "vgg19(weights='IMAGENET1K_V1').state_dict() there, or use 'imagenet'")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        if state is not None:
+            features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()
+                                      if k.startswith("features.")})
         self.layer = layer
-        self.features = net.features[: VGG19_LAYERS[layer]].eval().requires_grad_(False)
+        self.features = features[: VGG19_LAYERS[layer]].eval().requires_grad_(False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
