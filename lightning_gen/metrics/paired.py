@@ -6,7 +6,8 @@ For any model with ``translate(source)`` and a ``paired_eval`` dict (``y_channel
 * Outputs and targets are first quantised to 8 bits (:func:`~lightning_gen.metrics.extractors.
   to_uint8`, rounded), as the images a paper saves and scores.
 * **PSNR** and **SSIM** (torchmetrics; SSIM with Wang et al. 2004's 11x11 Gaussian window,
-  sigma 1.5, K = (0.01, 0.03)) per image, then averaged over images (the super-resolution
+  sigma 1.5, K = (0.01, 0.03), averaged over the window positions inside the image as their
+  MATLAB code and skimage do) per image, then averaged over images (the super-resolution
   papers' convention), on [0, 1] with ``data_range = 1``. With ``y_channel`` (the SR protocol of
   Ledig et al. 2017 and its predecessors) on the luma ``Y`` of ITU-R BT.601 (MATLAB's
   ``rgb2ycbcr``: ``Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255`` for R, G, B in [0, 1]);
@@ -42,6 +43,8 @@ from lightning_gen.metrics.fidelity import fid_statistics, frechet_distance
 Y_WEIGHTS = (65.481 / 255, 128.553 / 255, 24.966 / 255)
 Y_OFFSET = 16 / 255
 LPIPS_NETS = ("alex", "vgg", "squeeze")
+LPIPS_MIN_SIZE = 32  # AlexNet's pooling leaves nothing of smaller images
+SSIM_WINDOW = 11  # torchmetrics' Gaussian window for sigma 1.5: int(3.5 * 1.5 + 0.5) * 2 + 1
 
 
 def rgb_to_y(x01: torch.Tensor) -> torch.Tensor:
@@ -69,11 +72,17 @@ def psnr_ssim(output: torch.Tensor, target: torch.Tensor, y_channel: bool = True
     """Per-image PSNR (dB) and SSIM of ``output`` against ``target`` (both ``(B, C, H, W)`` in
     [-1, 1]) under the protocol above."""
     a, b = prepare(output, y_channel, crop_border), prepare(target, y_channel, crop_border)
-    if min(a.shape[-2:]) < 11:
+    if min(a.shape[-2:]) < SSIM_WINDOW:
         raise ValueError(f"SSIM's 11x11 window needs images of at least 11x11 after cropping "
                          f"{crop_border} border pixels, got {tuple(a.shape[-2:])}")
     psnr = peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    ssim = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
+    # torchmetrics (1.9) pads the images by reflection and averages the SSIM map over every
+    # pixel; Wang et al.'s MATLAB code and skimage average over the positions where the 11x11
+    # window lies inside the image ('valid'). Crop the map to those.
+    _, full = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none",
+                                                  return_full_image=True)
+    pad = SSIM_WINDOW // 2
+    ssim = full[..., pad:-pad, pad:-pad].mean(dim=(1, 2, 3))
     return psnr.float(), ssim.float()
 
 
@@ -147,7 +156,8 @@ def paired_metrics(model, dataset, *, batch_size: int = 100, device=None,
     of ``dataset`` (the first ``num_pairs``; ``None``: all), under ``model.paired_eval``.
 
     Returns the means (``psnr``, ``ssim``, ``lpips``, ``fid``) and ``psnr_std``, ``ssim_std``,
-    ``lpips_std`` over images, and ``num_pairs``.
+    ``lpips_std`` over images, and ``num_pairs``; ``not_computed`` says why a metric is
+    missing (LPIPS of images under 32 px).
     """
     options = dict(model.paired_eval)
     if options.get("fid") and extractor is None:
@@ -159,6 +169,7 @@ def paired_metrics(model, dataset, *, batch_size: int = 100, device=None,
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers)
     psnrs, ssims, lpipss, out_feats, tgt_feats = [], [], [], [], []
+    not_computed: dict[str, str] = {}
     if lpips is not None:
         lpips = lpips.to(device)
     was_training = model.training
@@ -174,6 +185,10 @@ def paired_metrics(model, dataset, *, batch_size: int = 100, device=None,
                                    int(options.get("crop_border", 0)))
             psnrs.append(psnr.cpu())
             ssims.append(ssim.cpu())
+            if lpips is not None and min(target.shape[-2:]) < LPIPS_MIN_SIZE:
+                lpips, not_computed["LPIPS"] = None, (
+                    f"images of {tuple(target.shape[-2:])} px are smaller than the "
+                    f"{LPIPS_MIN_SIZE} px LPIPS's networks need")
             if lpips is not None:
                 lpipss.append(lpips_distance(lpips, output, target).cpu())
             if options.get("fid"):
@@ -182,7 +197,7 @@ def paired_metrics(model, dataset, *, batch_size: int = 100, device=None,
                 tgt_feats.append(extractor(to_uint8(target))[0].double().cpu())
     finally:
         model.train(was_training)
-    result: dict = {"num_pairs": n}
+    result: dict = {"num_pairs": n, **({"not_computed": not_computed} if not_computed else {})}
     for name, values in (("psnr", psnrs), ("ssim", ssims), ("lpips", lpipss)):
         if values:
             v = torch.cat(values).double()
