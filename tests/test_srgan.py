@@ -219,6 +219,19 @@ def test_two_stage_yamls_fit_and_the_second_starts_from_the_first(cifar10_dir, t
                  "--model.pretrained_generator", str(tmp_path / "nothing-*.ckpt"), steps=2)
 
 
+def test_celeba_yamls_fit_both_stages(celeba_dir, tmp_path):
+    # 32x32 faces (8x8 inputs) instead of 128x128 to stay cheap; everything else as shipped.
+    small = ["--data.image_size", "32"]
+    fit_yaml("srresnet_celeba.yaml", celeba_dir, *TINY_G, *small,
+             "--trainer.default_root_dir", str(tmp_path / "stage1"), steps=2)
+    ckpt = tmp_path / "stage1" / "checkpoints" / "last.ckpt"
+    cli = fit_yaml("srgan_celeba.yaml", celeba_dir, *TINY_G, *TINY_D, *small,
+                   "--model.pretrained_generator", str(ckpt),
+                   "--trainer.default_root_dir", str(tmp_path / "stage2"), steps=2)
+    assert cli.trainer.global_step == 2 and cli.datamodule.source_shape == (3, 8, 8)
+    assert_finite_params(cli.model)
+
+
 def test_srgan_fits_in_bf16_mixed(cifar10_dir, tmp_path):
     cli = fit_yaml("srgan_cifar10.yaml", cifar10_dir, *TINY_G, *TINY_D,
                    "--model.pretrained_generator", "null", "--trainer.precision", "bf16-mixed",
