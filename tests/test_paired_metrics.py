@@ -28,6 +28,11 @@ from lightning_gen.metrics.paired import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # small images: a second thread only adds contention
+
+
 def _pair(seed: int = 0, n: int = 3, size: int = 24, channels: int = 3):
     g = torch.Generator().manual_seed(seed)
     target = torch.rand(n, channels, size, size, generator=g) * 2 - 1

@@ -249,7 +249,8 @@ def test_sample_grid_and_evaluate_report_the_papers_protocol(cifar10_dir, tmp_pa
     model = cli.model
     grids = model.log_images()
     assert grids["bicubic_output_target"].shape == (24, 3, 32, 32)
-    torch.testing.assert_close(grids["bicubic_output_target"][2::3], model.fixed_target)
+    torch.testing.assert_close(grids["bicubic_output_target"][16:], model.fixed_target)
+    torch.testing.assert_close(grids["bicubic_output_target"][8:16], model.sample(8))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
 
     main(["sample", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "samples"),

@@ -96,9 +96,9 @@ class PairedTranslationMixin:
         output = self._translate_eval(source)
         bicubic = F.interpolate(source.float(), size=target.shape[-2:], mode="bicubic",
                                 align_corners=False).clamp(-1, 1)
-        # Rows of triplets: bicubic upsampling of the input, the model's output, the original.
-        return {"bicubic_output_target": torch.stack([bicubic, output, target.float()], 1)
-                .flatten(0, 1)}
+        # Three rows (num_fixed_samples = the grid's 8 per row): bicubic upsampling of the
+        # input, the model's output, the original.
+        return {"bicubic_output_target": torch.cat([bicubic, output, target.float()])}
 
 
 class SRResNet(PairedTranslationMixin, SingleObjectiveModel):
