@@ -522,6 +522,8 @@ def format_table(result: dict) -> str:
     lines += [f"{'protocol':<18} {protocol_line(result)}",
               *([f"{'seeds':<18} {', '.join(map(str, result['seeds']))}"]
                 if result.get("seeds") else []),
+              *([f"{'paired protocol':<18} {result['paired_protocol']}"]
+                if result.get("paired_protocol") else []),
               f"{'samples':<18} {result['num_samples']}",
               f"{'extractor':<18} {result['feature_extractor']}",
               f"{'reference':<18} {ref['dataset']} {ref['split']} ({ref['num_images']} images"

@@ -267,6 +267,10 @@ def test_sample_grid_and_evaluate_report_the_papers_protocol(cifar10_dir, tmp_pa
     assert result["num_pairs"] == 12 and result["reference"]["split"] == "test"
     assert "Y (BT.601), 4 border px cropped" in result["paired_protocol"]
     assert "fid" not in result and math.isfinite(result["lpips"])
+    (row,) = [json.loads(line) for line in
+              (tmp_path / "run" / "eval" / "results.jsonl").read_text().splitlines()]
+    assert row["protocol"] == "paired-test-12" and set(row["metrics"]) == {"psnr", "ssim",
+                                                                           "lpips"}
     # Independent recomputation on the same 12 test pairs.
     torch.manual_seed(0)
     pairs = [cli.datamodule._load("test", download=False)[i] for i in range(12)]
