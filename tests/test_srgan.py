@@ -158,12 +158,13 @@ def test_superres_pairs_are_bicubic_downsamplings_of_the_targets(cifar10_dir):
     assert source.shape == (4, 3, 8, 8) and target.shape == (4, 3, 32, 32)
     assert source.min() >= -1 and source.max() <= 1
     torch.testing.assert_close(source, bicubic_downsample(target, 4))
-    # Against PIL's bicubic (antialiased) resize of the 8-bit target: within 2 grey levels
-    # on average and 6 at most (the two differ in rounding and kernel support at borders).
+    # Against PIL's bicubic (antialiased) resize of the 8-bit target: within 1 grey level on
+    # average and 3 at most (measured: 0.27 and 0.81 on these files; the two differ in
+    # rounding and at the borders).
     pil = Image.fromarray(((target[0] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
     pil_small = np.asarray(pil.resize((8, 8), Image.BICUBIC), dtype=np.float64)
     ours = ((source[0] + 1) * 127.5).permute(1, 2, 0).double().numpy()
-    assert np.abs(ours - pil_small).mean() < 2 and np.abs(ours - pil_small).max() < 6
+    assert np.abs(ours - pil_small).mean() < 1 and np.abs(ours - pil_small).max() < 3
     test_source, test_target = dm._load("test", download=False)[0]
     assert test_source.shape == (3, 8, 8) and test_target.shape == (3, 32, 32)
     with pytest.raises(ValueError, match="divisible by scale_factor"):
