@@ -6,6 +6,7 @@ from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.digits import DigitsDataModule
 from datamodules.heldout import MNISTHeldOutDataModule
 from datamodules.mnist import MNISTDataModule
+from datamodules.superres import CelebASuperResDataModule, CIFAR10SuperResDataModule
 from datamodules.unpaired import CelebAUnpairedDataModule, MNISTInvertedDataModule, UnpairedDataset
 
 __all__ = [
@@ -19,4 +20,6 @@ __all__ = [
     "MNISTHeldOutDataModule",
     "MNISTInvertedDataModule",
     "UnpairedDataset",
+    "CIFAR10SuperResDataModule",
+    "CelebASuperResDataModule",
 ]

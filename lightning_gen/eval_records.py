@@ -37,7 +37,7 @@ METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "reca
            "coverage", "cas", "test_elbo_nats", "test_iwae_nats", "test_nll_nats",
            "test_bits_per_dim", "parzen_ll_nats", "parzen_ll_stderr", "parzen_sigma",
            "memorization_fraction", "memorization_fraction_pixels", "nn_distance_median",
-           "nn_distance_median_pixels", "modes_covered", "mode_kl")
+           "nn_distance_median_pixels", "modes_covered", "mode_kl", "psnr", "ssim", "lpips")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -242,6 +242,8 @@ def evaluate(
     mode_threshold: float | None = None,
     protocol: str | None = None,
     seeds: int = 1,
+    lpips_weights: str | None = None,
+    lpips_net: str = "alex",
 ) -> dict:
     """Evaluate a checkpoint the way papers do: FID, IS, KID, precision/recall (+ ELBO/IWAE,
     PixelCNN test NLL, Parzen-window log-likelihood).
@@ -346,27 +348,35 @@ def evaluate(
         for ckpt in bar:
             started = time.perf_counter()
             model, datamodule = load_run(str(ckpt.path), run_config, data_dir, trust_checkpoint)
-            if evaluator is None:  # one extractor and one reference for every checkpoint
-                extractor = build_extractor(feature_extractor, weights_path, trust_checkpoint)
-                evaluator = SpreadEvaluator(extractor, batch_size=batch_size, cache_dir=cache_dir,
-                                            isc_splits=isc_splits, kid_subsets=kid_subsets,
-                                            kid_subset_size=kid_subset_size, seeds=seeds)
-                evaluator.keep_generated = diagnostics_wanted(neighbours, mode_coverage)
-                _check_cache_writable(evaluator, datamodule, reference)
-            # Parzen first: its data checks are cheap and fail before the long feature work.
-            extra = (parzen_metrics(model, datamodule, parzen_samples, parzen_val_images, seed,
-                                    batch_size, fabric.device, progress=progress and rank0)
-                     if parzen else {})
-            result = _evaluate_model(model, datamodule, evaluator, ckpt.path, feature_extractor,
-                                     reference, num_samples, seed, batch_size, isc_splits,
-                                     kid_subsets, iw_samples, fabric, progress and single)
-            result.update(extra)
-            result.update(diagnose(
-                model, datamodule, evaluator, json_path(ckpt), reference=reference,
-                num_samples=num_samples, seed=seed, batch_size=batch_size, device=fabric.device,
-                rank0=rank0, progress=progress and single, neighbours=neighbours,
-                neighbours_k=neighbours_k, memorization_percentile=memorization_percentile,
-                mode_coverage=mode_coverage, mode_threshold=mode_threshold))
+            if getattr(model, "paired_eval", None) is not None:  # image-to-image: PSNR/SSIM/...
+                result = _evaluate_paired(model, datamodule, feature_extractor, weights_path,
+                                          trust_checkpoint, lpips_weights, lpips_net,
+                                          num_samples, batch_size, seed, fabric,
+                                          progress and single, ckpt.path)
+                recorder.protocol = protocol_name(result["feature_extractor_spec"], "test",
+                                                  result["num_samples"])
+            else:
+                if evaluator is None:  # one extractor and one reference for every checkpoint
+                    extractor = build_extractor(feature_extractor, weights_path, trust_checkpoint)
+                    evaluator = SpreadEvaluator(extractor, batch_size=batch_size, cache_dir=cache_dir,
+                                                isc_splits=isc_splits, kid_subsets=kid_subsets,
+                                                kid_subset_size=kid_subset_size, seeds=seeds)
+                    evaluator.keep_generated = diagnostics_wanted(neighbours, mode_coverage)
+                    _check_cache_writable(evaluator, datamodule, reference)
+                # Parzen first: its data checks are cheap and fail before the long feature work.
+                extra = (parzen_metrics(model, datamodule, parzen_samples, parzen_val_images, seed,
+                                        batch_size, fabric.device, progress=progress and rank0)
+                         if parzen else {})
+                result = _evaluate_model(model, datamodule, evaluator, ckpt.path, feature_extractor,
+                                         reference, num_samples, seed, batch_size, isc_splits,
+                                         kid_subsets, iw_samples, fabric, progress and single)
+                result.update(extra)
+                result.update(diagnose(
+                    model, datamodule, evaluator, json_path(ckpt), reference=reference,
+                    num_samples=num_samples, seed=seed, batch_size=batch_size, device=fabric.device,
+                    rank0=rank0, progress=progress and single, neighbours=neighbours,
+                    neighbours_k=neighbours_k, memorization_percentile=memorization_percentile,
+                    mode_coverage=mode_coverage, mode_threshold=mode_threshold))
             # Last: every metric is in `result` when the published numbers are matched.
             result.update(run_protocol.record())
             result.update(published_for(result, model, datamodule, run_protocol))
@@ -431,6 +441,41 @@ def _evaluate_model(model, datamodule, evaluator, ckpt_path, feature_extractor, 
     return result
 
 
+def _evaluate_paired(model, datamodule, feature_extractor, weights_path, trust_checkpoint,
+                     lpips_weights, lpips_net, num_samples, batch_size, seed, fabric,
+                     progress, ckpt_path) -> dict:
+    """PSNR / SSIM / LPIPS (/ FID) of a paired image-to-image model on the test pairs."""
+    from lightning_gen.metrics.paired import build_lpips, paired_metrics, protocol_description
+
+    options = dict(model.paired_eval)
+    extractor = (build_extractor(feature_extractor, weights_path, trust_checkpoint)
+                 if options.get("fid") else None)
+    dataset = load_split(datamodule, "test")
+    model.to(fabric.device)
+    metrics = paired_metrics(model, dataset, batch_size=batch_size, device=fabric.device,
+                             num_pairs=num_samples, lpips=build_lpips(lpips_weights, lpips_net),
+                             extractor=extractor, progress=progress)
+    n = metrics["num_pairs"]
+    return {
+        **metrics,
+        "paired_eval": options,
+        "paired_protocol": protocol_description(options, lpips_net, lpips_weights,
+                                                extractor.name if extractor else None),
+        "num_samples": n,
+        "feature_extractor": extractor.name if extractor else "none",
+        "feature_extractor_spec": ("paired-" + feature_extractor.partition(":")[0]
+                                   if extractor else "paired"),
+        "lpips_net": lpips_net,
+        "lpips_weights": lpips_weights or "published",
+        "reference": {"dataset": type(datamodule).__name__, "split": "test", "num_images": n},
+        "model": type(model).__module__ + "." + type(model).__name__,
+        "checkpoint": str(Path(ckpt_path).resolve()),
+        "seed": seed,
+        "batch_size": batch_size,
+        "devices": fabric.world_size,
+    }
+
+
 #: ``k`` of precision/recall's k-NN balls (GenerativeEvaluator's default): each set needs
 #: ``k + 1`` samples.
 PRC_NEIGHBORHOOD = 3
@@ -468,7 +513,8 @@ def format_table(result: dict) -> str:
             ("Parzen LL stderr", "parzen_ll_stderr"), ("Parzen sigma", "parzen_sigma"),
             ("memorized (feat.)", "memorization_fraction"),
             ("memorized (pixels)", "memorization_fraction_pixels"),
-            ("modes covered", "modes_covered"), ("mode KL (nats)", "mode_kl")]
+            ("modes covered", "modes_covered"), ("mode KL (nats)", "mode_kl"),
+            ("PSNR (dB)", "psnr"), ("SSIM", "ssim"), ("LPIPS", "lpips")]
     lines = metric_lines(rows, result)
     lines += [f"{label:<18} not computed: {why}"
               for label, why in result.get("not_computed", {}).items()]
@@ -476,6 +522,8 @@ def format_table(result: dict) -> str:
     lines += [f"{'protocol':<18} {protocol_line(result)}",
               *([f"{'seeds':<18} {', '.join(map(str, result['seeds']))}"]
                 if result.get("seeds") else []),
+              *([f"{'paired protocol':<18} {result['paired_protocol']}"]
+                if result.get("paired_protocol") else []),
               f"{'samples':<18} {result['num_samples']}",
               f"{'extractor':<18} {result['feature_extractor']}",
               f"{'reference':<18} {ref['dataset']} {ref['split']} ({ref['num_images']} images"

@@ -276,3 +276,27 @@ def orthogonal_regularization(weights: list[torch.Tensor], beta: float = 1e-4) -
         off_diagonal = gram * (1 - torch.eye(gram.shape[0], device=gram.device))
         total = total + off_diagonal.pow(2).sum()
     return beta * total
+
+
+# ----------------------------------------------------------------------------------------------
+# SRGAN (Ledig et al. 2017)
+
+
+def vgg_content_loss(features_sr: torch.Tensor, features_hr: torch.Tensor,
+                     rescale: float = 1 / 12.75) -> torch.Tensor:
+    """VGG content loss of SRGAN (Ledig et al. 2017, Eq. 5), feature maps rescaled.
+
+    ``l_VGG/i,j = 1 / (W H C) * sum_{x,y,c} (r * phi_ij(I_HR) - r * phi_ij(G(I_LR)))^2`` with
+    ``r = rescale``: the paper rescales the VGG feature maps by 1/12.75 "to obtain VGG losses of
+    a scale that is comparable to the MSE loss" (Sec. 3.2.1), i.e. Eq. 5 times ``r^2 ~ 0.006``.
+    Averaged over channels as well as positions (the usual implementation), and over the batch.
+    """
+    return F.mse_loss(features_sr * rescale, features_hr * rescale)
+
+
+def srgan_perceptual_loss(content: torch.Tensor, fake_logits: torch.Tensor,
+                          adversarial_weight: float = 1e-3) -> torch.Tensor:
+    """SRGAN's perceptual loss (Ledig et al. 2017, Eq. 3 and 6):
+    ``l^SR = l^SR_X + 10^-3 * l^SR_Gen`` with ``l^SR_Gen = sum_n -log D(G(I_LR))``
+    (non-saturating, averaged over the batch here; ``D = sigmoid(logits)``)."""
+    return content + adversarial_weight * F.softplus(-fake_logits).mean()

@@ -19,6 +19,7 @@ from lightning_gen.models.instance_noise import InstanceNoiseDCGAN
 from lightning_gen.models.pggan import PGGAN
 from lightning_gen.models.pixelcnn import PixelCNN
 from lightning_gen.models.sngan import SNGAN
+from lightning_gen.models.srgan import SRGAN, SRResNet
 from lightning_gen.models.stylegan2 import StyleGAN2
 from lightning_gen.models.vae import VAE
 from lightning_gen.models.wgan_gp import WGANGP
@@ -32,4 +33,6 @@ __all__ = [
     "PGGAN",
     "StyleGAN2",
     "BigGAN",
+    "SRResNet",
+    "SRGAN",
 ]
