@@ -17,6 +17,7 @@ from lightning_gen.models.gan import GAN, TextbookGAN
 from lightning_gen.models.gan_base import GANBase
 from lightning_gen.models.instance_noise import InstanceNoiseDCGAN
 from lightning_gen.models.pggan import PGGAN
+from lightning_gen.models.pix2pix import Pix2Pix
 from lightning_gen.models.pixelcnn import PixelCNN
 from lightning_gen.models.sngan import SNGAN
 from lightning_gen.models.stylegan2 import StyleGAN2
@@ -32,4 +33,5 @@ __all__ = [
     "PGGAN",
     "StyleGAN2",
     "BigGAN",
+    "Pix2Pix",
 ]
