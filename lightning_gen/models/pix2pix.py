@@ -100,6 +100,9 @@ class Pix2Pix(GANBase):
         self.register_buffer("fixed_target", torch.zeros(num_fixed_samples, *image_shape))
         self.register_buffer("_fixed_set", torch.tensor(False))
 
+    def _make_optimizer(self, params, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=lr, betas=tuple(self.hparams.betas))
+
     # ------------------------------------------------------------------------------------------
     def translate(self, source: torch.Tensor) -> torch.Tensor:
         """``G(x)`` for a batch of sources, in the chosen inference mode, float32 in [-1, 1]."""
@@ -172,13 +175,15 @@ class Pix2Pix(GANBase):
 
     @torch.no_grad()
     def log_images(self, batch=None) -> dict[str, torch.Tensor]:
-        """``input_output_target``: the sources (grey shown as RGB), their translations and the
-        targets, one after the other (three rows when ``num_fixed_samples`` is the grid's
+        """``input_output_target``: ``num_fixed_samples`` sources of ``batch`` (the callback's
+        first validation batch; else the fixed training pairs), grey shown as RGB, then their
+        translations, then the targets (three rows when ``num_fixed_samples`` is the grid's
         ``nrow``)."""
         n = self.hparams.num_fixed_samples
         source, target = ((batch[0], batch[1]) if batch is not None
                           else (self.fixed_source, self.fixed_target))
-        source, target = source[:n], target[:n].float()
+        reps = -(-n // source.shape[0])  # a small batch is repeated: the rows stay aligned
+        source, target = source.repeat(reps, 1, 1, 1)[:n], target.repeat(reps, 1, 1, 1)[:n].float()
         output = self.translate(source)
         shown = source.float().expand(-1, target.shape[1], -1, -1) if source.shape[1] == 1 \
             else source.float()
