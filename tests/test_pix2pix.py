@@ -220,7 +220,11 @@ def test_cifar10_yaml_fits_writes_the_grid_and_reloads(cifar10_dir):
     out = Path.cwd() / "samples"
     main(["sample", "--ckpt_path", path, "--num_samples", "4", "--out", str(out),
           "--accelerator", "cpu", "--progress", "false"])
-    assert len(list(out.rglob("*.png"))) >= 1
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 4 and Image.open(pngs[0]).size == (32, 32)
+    assert Image.open(pngs[0]).mode == "RGB"  # colour translations of the gray sources
+    with pytest.raises(ValueError, match="in_channels"):
+        Pix2Pix((3, 32, 32), in_channels=3, g_width=4, d_width=4).check_datamodule(cli.datamodule)
 
 
 def test_celeba_yaml_fits_under_bf16_mixed(celeba_dir):

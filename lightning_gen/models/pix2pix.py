@@ -100,6 +100,15 @@ class Pix2Pix(GANBase):
         self.register_buffer("fixed_target", torch.zeros(num_fixed_samples, *image_shape))
         self.register_buffer("_fixed_set", torch.tensor(False))
 
+    def check_datamodule(self, datamodule) -> None:
+        super().check_datamodule(datamodule)
+        source = getattr(datamodule, "source_shape", None)
+        if source is not None and source[0] != self.hparams.in_channels:
+            raise ValueError(
+                f"Pix2Pix was built for {self.hparams.in_channels}-channel sources but "
+                f"{type(datamodule).__name__} yields {source[0]}-channel ones; set "
+                "--model.init_args.in_channels to match")
+
     def _make_optimizer(self, params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, betas=tuple(self.hparams.betas))
 
