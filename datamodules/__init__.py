@@ -3,6 +3,11 @@
 from datamodules.base import DatasetNotFoundError, ImageDataModule
 from datamodules.celeba import CelebADataModule
 from datamodules.cifar10 import CIFAR10DataModule
+from datamodules.colorization import (
+    CelebAColorizationDataModule,
+    CIFAR10ColorizationDataModule,
+    ColorizationDataset,
+)
 from datamodules.digits import DigitsDataModule
 from datamodules.heldout import MNISTHeldOutDataModule
 from datamodules.mnist import MNISTDataModule
@@ -22,4 +27,7 @@ __all__ = [
     "UnpairedDataset",
     "CIFAR10SuperResDataModule",
     "CelebASuperResDataModule",
+    "CIFAR10ColorizationDataModule",
+    "CelebAColorizationDataModule",
+    "ColorizationDataset",
 ]

@@ -300,3 +300,33 @@ def srgan_perceptual_loss(content: torch.Tensor, fake_logits: torch.Tensor,
     ``l^SR = l^SR_X + 10^-3 * l^SR_Gen`` with ``l^SR_Gen = sum_n -log D(G(I_LR))``
     (non-saturating, averaged over the batch here; ``D = sigmoid(logits)``)."""
     return content + adversarial_weight * F.softplus(-fake_logits).mean()
+
+# pix2pix: conditional GAN + L1 (Isola et al. 2017)
+
+
+def l1_reconstruction_loss(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """``L_L1(G) = E_{x,y,z}[||y - G(x, z)||_1]`` (Isola et al. 2017, Eq. 3), averaged over
+    pixels (as the authors' implementation)."""
+    return (target - output).abs().mean()
+
+
+def pix2pix_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor
+                               ) -> torch.Tensor:
+    """Conditional-GAN discriminator loss, halved (Isola et al. 2017, Eq. 1 and Sec. 3.3: "we
+    divide the objective by 2 while optimizing D"), averaged over the PatchGAN's patches:
+
+    ``L_D = 1/2 (-E_{x,y}[log D(x, y)] - E_{x,z}[log(1 - D(x, G(x, z)))])``.
+    """
+    return 0.5 * gan_discriminator_loss(real_logits, fake_logits)
+
+
+def pix2pix_generator_loss(fake_logits: torch.Tensor, output: torch.Tensor,
+                           target: torch.Tensor, lambda_l1: float = 100.0
+                           ) -> dict[str, torch.Tensor]:
+    """The generator's objective ``G* = arg min_G max_D L_cGAN(G, D) + lambda L_L1(G)``
+    (Isola et al. 2017, Eq. 4, ``lambda = 100``), with the non-saturating form of the GAN term
+    (``-E[log D(x, G(x, z))]``, Sec. 3.3). Returns ``{"loss", "adversarial", "l1"}``.
+    """
+    adversarial = gan_generator_loss_nonsaturating(fake_logits)
+    l1 = l1_reconstruction_loss(target, output)
+    return {"loss": adversarial + lambda_l1 * l1, "adversarial": adversarial, "l1": l1}

@@ -17,6 +17,7 @@ from lightning_gen.models.gan import GAN, TextbookGAN
 from lightning_gen.models.gan_base import GANBase
 from lightning_gen.models.instance_noise import InstanceNoiseDCGAN
 from lightning_gen.models.pggan import PGGAN
+from lightning_gen.models.pix2pix import Pix2Pix
 from lightning_gen.models.pixelcnn import PixelCNN
 from lightning_gen.models.sngan import SNGAN
 from lightning_gen.models.srgan import SRGAN, SRResNet
@@ -35,4 +36,5 @@ __all__ = [
     "BigGAN",
     "SRResNet",
     "SRGAN",
+    "Pix2Pix",
 ]

@@ -63,16 +63,18 @@ class PatchDiscriminator(nn.Module):
         channels: Image channels.
         width: Channels of the first layer (64).
         n_layers: Stride-2 layers (3 for 70x70 patches).
+        norm: Normalisation layer class (instance norm; pix2pix uses batch norm).
     """
 
-    def __init__(self, channels: int, width: int = 64, n_layers: int = 3) -> None:
+    def __init__(self, channels: int, width: int = 64, n_layers: int = 3,
+                 norm: type[nn.Module] = nn.InstanceNorm2d) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         c = width
         for i in range(1, n_layers + 1):
             stride = 2 if i < n_layers else 1
             c_out = width * min(2**i, 8)
-            layers += [nn.Conv2d(c, c_out, 4, stride, 1), nn.InstanceNorm2d(c_out),
+            layers += [nn.Conv2d(c, c_out, 4, stride, 1), norm(c_out),
                        nn.LeakyReLU(0.2, True)]
             c = c_out
         layers.append(nn.Conv2d(c, 1, 4, 1, 1))
