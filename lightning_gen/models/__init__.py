@@ -18,6 +18,7 @@ from lightning_gen.models.gan_base import GANBase
 from lightning_gen.models.instance_noise import InstanceNoiseDCGAN
 from lightning_gen.models.pggan import PGGAN
 from lightning_gen.models.pixelcnn import PixelCNN
+from lightning_gen.models.pixelrnn import PixelRNN
 from lightning_gen.models.sngan import SNGAN
 from lightning_gen.models.stylegan2 import StyleGAN2
 from lightning_gen.models.vae import VAE
@@ -32,4 +33,5 @@ __all__ = [
     "PGGAN",
     "StyleGAN2",
     "BigGAN",
+    "PixelRNN",
 ]

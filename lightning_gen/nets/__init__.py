@@ -3,9 +3,11 @@
 from lightning_gen.nets.biggan import BigGANDiscriminator, BigGANGenerator
 from lightning_gen.nets.conv import ConvDecoder, ConvEncoder, base_size, dcgan_init_, num_parameters
 from lightning_gen.nets.pggan import ProgressiveDiscriminator, ProgressiveGenerator
+from lightning_gen.nets.pixelrnn import PixelRNNNet
 from lightning_gen.nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
 __all__ = ["ConvDecoder", "ConvEncoder", "base_size", "dcgan_init_", "num_parameters",
            "ProgressiveDiscriminator", "ProgressiveGenerator",
            "StyleGAN2Discriminator", "StyleGAN2Generator",
-           "BigGANDiscriminator", "BigGANGenerator"]
+           "BigGANDiscriminator", "BigGANGenerator",
+           "PixelRNNNet"]
