@@ -57,10 +57,12 @@ def unskew(x: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def _lstm_update(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[o, f, i, g]`` pre-activations ``(B, 4h, N)`` -> ``(h, c)``; Eq. 3 of the paper."""
-    o, f, i, g = gates.chunk(4, dim=1)
-    cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(cell), cell
+    """``[o, f, i, g]`` pre-activations ``(B, 4h, N)`` -> ``(h, c)``; Eq. 3 of the paper:
+    ``c = sigma(f) . c + sigma(i) . tanh(g)``, ``h = sigma(o) . tanh(c)``."""
+    hidden = cell.shape[1]
+    o, f, i = torch.sigmoid(gates[:, : 3 * hidden]).chunk(3, dim=1)  # one kernel for 3 gates
+    cell = torch.addcmul(f * cell, i, torch.tanh(gates[:, 3 * hidden:]))
+    return o * torch.tanh(cell), cell
 
 
 class RowLSTM(nn.Module):
