@@ -111,8 +111,8 @@ def _seen_through_the_input_layer(channels: int, size: int, row: int, col: int) 
     """(C, H, W) bool: the sub-pixels whose values reach some 7x7 mask-A feature at or before
     (row, col) in raster order. Pixel (r, c) enters the features right of it in its row
     (c + 1 .. c + 3) and those of the next three rows (c - 3 .. c + 3), and, except for its
-    last channel, its own (mask A at the centre): so the last pixels of a row reach no feature
-    before the first pixels of the next row."""
+    last channel, its own (mask A at the centre): so the last channel of a row's last pixel
+    reaches no feature before pixel W - 4 of the next row."""
     seen = torch.zeros(channels, size, size, dtype=torch.bool)
     for r in range(size):
         for c in range(size):
