@@ -301,6 +301,8 @@ def srgan_perceptual_loss(content: torch.Tensor, fake_logits: torch.Tensor,
     (non-saturating, averaged over the batch here; ``D = sigmoid(logits)``)."""
     return content + adversarial_weight * F.softplus(-fake_logits).mean()
 
+
+# ----------------------------------------------------------------------------------------------
 # pix2pix: conditional GAN + L1 (Isola et al. 2017)
 
 

@@ -29,6 +29,7 @@ from lightning_gen.models import (
     Autoencoder,
     BigGAN,
     PixelCNN,
+    PixelRNN,
     StyleGAN2,
 )
 from lightning_gen.models.base import NonFiniteLossError
@@ -54,6 +55,7 @@ OTHERS = {
     "vae": lambda: VAE(image_shape=SHAPE, latent_dim=4, width=8),
     "autoencoder": lambda: Autoencoder(image_shape=SHAPE, latent_dim=4, width=8),
     "pixelcnn": lambda: PixelCNN(image_shape=SHAPE, hidden=8, n_layers=2, num_fixed_samples=0),
+    "pixelrnn": lambda: PixelRNN(image_shape=SHAPE, hidden=2, n_layers=1, num_fixed_samples=0),
 }
 
 

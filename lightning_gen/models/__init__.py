@@ -19,6 +19,7 @@ from lightning_gen.models.instance_noise import InstanceNoiseDCGAN
 from lightning_gen.models.pggan import PGGAN
 from lightning_gen.models.pix2pix import Pix2Pix
 from lightning_gen.models.pixelcnn import PixelCNN
+from lightning_gen.models.pixelrnn import PixelRNN
 from lightning_gen.models.sngan import SNGAN
 from lightning_gen.models.srgan import SRGAN, SRResNet
 from lightning_gen.models.stylegan2 import StyleGAN2
@@ -37,4 +38,5 @@ __all__ = [
     "SRResNet",
     "SRGAN",
     "Pix2Pix",
+    "PixelRNN",
 ]

@@ -4,6 +4,7 @@ from lightning_gen.nets.biggan import BigGANDiscriminator, BigGANGenerator
 from lightning_gen.nets.conv import ConvDecoder, ConvEncoder, base_size, dcgan_init_, num_parameters
 from lightning_gen.nets.pggan import ProgressiveDiscriminator, ProgressiveGenerator
 from lightning_gen.nets.pix2pix import ConditionalPatchDiscriminator, UNetGenerator
+from lightning_gen.nets.pixelrnn import PixelRNNNet
 from lightning_gen.nets.srgan import SRDiscriminator, SRResNet, VGGFeatures
 from lightning_gen.nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
@@ -12,4 +13,5 @@ __all__ = ["ConvDecoder", "ConvEncoder", "base_size", "dcgan_init_", "num_parame
            "StyleGAN2Discriminator", "StyleGAN2Generator",
            "BigGANDiscriminator", "BigGANGenerator",
            "SRDiscriminator", "SRResNet", "VGGFeatures",
-           "ConditionalPatchDiscriminator", "UNetGenerator"]
+           "ConditionalPatchDiscriminator", "UNetGenerator",
+           "PixelRNNNet"]
