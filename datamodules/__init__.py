@@ -2,6 +2,7 @@
 
 from datamodules.base import DatasetNotFoundError, ImageDataModule
 from datamodules.celeba import CelebADataModule
+from datamodules.celeba_attributes import CelebAAttributesDataModule, ResamplingSampler
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.digits import DigitsDataModule
 from datamodules.heldout import MNISTHeldOutDataModule
@@ -19,4 +20,6 @@ __all__ = [
     "MNISTHeldOutDataModule",
     "MNISTInvertedDataModule",
     "UnpairedDataset",
+    "CelebAAttributesDataModule",
+    "ResamplingSampler",
 ]
