@@ -237,3 +237,49 @@ def test_yamls_fit_in_bf16_mixed(name, celeba_dir, tmp_path):
     assert losses and all(math.isfinite(v) for v in losses.values()), losses
     assert (cli.model.last_probabilities is not None) == cli.model.hparams.debias
     assert (tmp_path / "run" / "subgroup_accuracy_val.csv").is_file()
+
+
+def _rare_pale_faces(root, n: int) -> list[int]:
+    """Format-true CelebA files where every 10th face (``Pale_Skin`` = 1) carries a blue disc
+    and every other face a beige one; returns the rare faces' indices in the training split."""
+    from tests import fakedata
+
+    folder = fakedata.write_celeba(root, n=n, size=(64, 64)) / "celeba"
+    attr_file = folder / "list_attr_celeba.txt"
+    lines = attr_file.read_text().splitlines()
+    pale = ATTRIBUTES.index("Pale_Skin")
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 20 ** 2
+    rows, rare = lines[:2], []
+    for i, line in enumerate(lines[2:]):
+        parts = line.split()
+        parts[1 + pale] = "1" if i % 10 == 3 else "-1"
+        rows.append(" ".join(parts))
+        path = folder / "img_align_celeba" / parts[0]
+        pixels = np.asarray(Image.open(path)).copy()
+        pixels[disc] = [40, 60, 230] if i % 10 == 3 else [200, 150, 120]
+        Image.fromarray(pixels).save(path, quality=90)
+        if i % 10 == 3 and i < int(0.6 * n):
+            rare.append(i)
+    attr_file.write_text("\n".join(rows) + "\n")
+    return rare
+
+
+def test_rare_faces_are_the_most_up_weighted(no_md5, tmp_path):
+    # The lecture's point on a known answer: 10% of the training faces look different (blue
+    # disc, Pale_Skin = 1). After one epoch their latent codes fall in sparse histogram bins,
+    # so they are exactly the most up-weighted faces, and their subgroups' mean weight is
+    # several times uniform while the common faces' is below it.
+    rare = _rare_pale_faces(tmp_path / "data", n=100)
+    run = tmp_path / "run"
+    cli = fit_yaml("dbvae_celeba_smiling.yaml", tmp_path / "data", *TINY,
+                   "--model.init_args.num_shown", "16", "--trainer.max_epochs", "2",
+                   "--trainer.default_root_dir", str(run), steps=1000)
+    p = cli.model.last_probabilities
+    assert cli.trainer.current_epoch == 2 and p.shape == (60,)
+    top = sorted(p.argsort(descending=True)[: len(rare)].tolist())
+    assert top == rare
+    weights = {r["subgroup"]: float(r["mean_weight_vs_uniform"])
+               for r in _read_csv(run / "resampling_weights.csv")}
+    assert weights["Male=0,Pale_Skin=1"] > 3 and weights["Male=1,Pale_Skin=1"] > 3
+    assert weights["Male=0,Pale_Skin=0"] < 1 and weights["Male=1,Pale_Skin=0"] < 1
