@@ -282,7 +282,7 @@ def orthogonal_regularization(weights: list[torch.Tensor], beta: float = 1e-4) -
 
 def dbvae_loss(logits: torch.Tensor, targets: torch.Tensor, vae_loss: torch.Tensor,
                vae_mask: torch.Tensor, c1: float = 1.0, c2: float = 1.0) -> torch.Tensor:
-    """The debiasing VAE's joint objective (Amini et al. 2019, Eq. 4), averaged over the batch:
+    """The debiasing VAE's joint objective (Amini et al. 2019, Sec. 3), averaged over the batch:
 
     ``L_TOTAL = c1 * L_y(y, y_hat) + c2 * 1[mask] * L_VAE``, with ``L_y`` the binary
     cross-entropy ``-(y log sigmoid(l) + (1 - y) log(1 - sigmoid(l)))`` of the classifier's

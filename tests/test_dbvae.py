@@ -229,8 +229,15 @@ def test_debiasing_yaml_resamples_writes_tables_grid_and_samples(celeba_dir, tmp
 def test_yamls_fit_in_bf16_mixed(name, celeba_dir, tmp_path):
     assert (EXPERIMENTS / name).is_file()
     # 3 steps: the debiasing run resamples (encodes the training set) at epoch 1's start.
-    cli = fit_yaml(name, celeba_dir, *TINY, "--trainer.precision", "bf16-mixed",
-                   "--trainer.default_root_dir", str(tmp_path / "run"), steps=3)
+    dtypes = set()
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, out: dtypes.add(out.dtype) if isinstance(out, torch.Tensor) else None)
+    try:
+        cli = fit_yaml(name, celeba_dir, *TINY, "--trainer.precision", "bf16-mixed",
+                       "--trainer.default_root_dir", str(tmp_path / "run"), steps=3)
+    finally:
+        handle.remove()
+    assert torch.bfloat16 in dtypes, "autocast was not active"
     assert cli.trainer.global_step == 3
     assert_finite_params(cli.model)
     losses = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.endswith("loss")}

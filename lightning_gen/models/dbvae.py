@@ -267,7 +267,7 @@ class DBVAE(VAE):
             groups = torch.zeros(0, len(self.group_indices), dtype=torch.long, device=self.device)
         self._eval_outputs = []
         if self.trainer.world_size > 1:  # every rank's predictions (a collective: all call it)
-            correct = self.all_gather(correct).flatten(0, 1)
+            correct = self.all_gather(correct.long()).flatten(0, 1).bool()
             groups = self.all_gather(groups).flatten(0, 1)
         rows = subgroup_accuracy(correct, groups, tuple(self.hparams.subgroup_attributes))
         self.last_tables[split] = rows
