@@ -18,7 +18,12 @@ from datamodules.celeba import ATTRIBUTES
 from lightning_gen.callbacks.images import grid_pixels, image_grid
 from lightning_gen.losses import dbvae_loss
 from lightning_gen.models import DBVAE
-from lightning_gen.models.dbvae import debiasing_probabilities, subgroup_accuracy
+from lightning_gen.models.dbvae import (
+    compare_tables,
+    debiasing_probabilities,
+    subgroup_accuracy,
+    write_table,
+)
 from tests.zoo_utils import EXPERIMENTS, assert_finite_params, fit_yaml
 
 TINY = ("--model.init_args.width", "8", "--model.init_args.latent_dim", "8",
@@ -122,6 +127,20 @@ def test_subgroup_accuracy_counts_each_combination():
     accs = [r["accuracy"] for r in rows]
     assert accs[0] == pytest.approx(5 / 7) and accs[1] == 0.5 and accs[2] == 1.0
     assert math.isnan(accs[3]) and accs[4] == pytest.approx(2 / 3)
+
+
+def test_comparison_table_puts_the_runs_side_by_side(tmp_path):
+    groups = torch.tensor([[1], [1], [0], [0]])
+    without = subgroup_accuracy(torch.tensor([1, 1, 0, 1]).bool(), groups, ("Male",))
+    with_ = subgroup_accuracy(torch.tensor([1, 0, 1, 1]).bool(), groups, ("Male",))
+    write_table(tmp_path / "a.csv", without, debias=False, split="val")
+    write_table(tmp_path / "b.csv", with_, debias=True, split="val")
+    lines = compare_tables([tmp_path / "a.csv", tmp_path / "b.csv"]).splitlines()
+    assert lines[0].split()[-2:] == ["debias=False", "debias=True"]
+    assert lines[2].split() == ["Male=1", "2", "1.0000", "0.5000"]
+    assert lines[3].split() == ["Male=0", "2", "0.5000", "1.0000"]
+    assert lines[-2].split()[-2:] == ["0.5000", "0.5000"]  # min over subgroups
+    assert lines[-1].split()[-2:] == ["0.2500", "0.2500"]  # population std
 
 
 # ----------------------------------------------------------------------------------------------

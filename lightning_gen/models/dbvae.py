@@ -103,6 +103,34 @@ def write_table(path: Path, rows: list[dict], debias: bool, split: str) -> None:
             writer.writerow({"split": split, "debias": debias, **row})
 
 
+def compare_tables(paths: list[str | Path]) -> str:
+    """One text table of several runs' ``subgroup_accuracy_<split>.csv`` files side by side
+    (e.g. the baseline's and the debiasing run's): a column of accuracies per file, headed by
+    its ``debias`` value, and the subgroups' min and standard deviation per column."""
+    tables = []
+    for path in paths:
+        with open(path) as f:
+            tables.append(list(csv.DictReader(f)))
+    if not tables or any(not t for t in tables):
+        raise ValueError("each subgroup accuracy file needs at least one row")
+    subgroups = [r["subgroup"] for r in tables[0]]
+    if any([r["subgroup"] for r in t] != subgroups for t in tables[1:]):
+        raise ValueError("the files have other subgroups; compare runs of the same attributes")
+    heads = [f"debias={t[0]['debias']}" for t in tables]
+    lines = [f"{'subgroup':<40} {'n':>8} " + " ".join(f"{h:>13}" for h in heads)]
+    for i, name in enumerate(subgroups):
+        accs = " ".join(f"{float(t[i]['accuracy']):>13.4f}" for t in tables)
+        lines.append(f"{name:<40} {tables[0][i]['n']:>8} {accs}")
+    for label, stat in (("min", torch.min), ("std", lambda a: a.std(unbiased=False))):
+        values = []
+        for t in tables:
+            a = torch.tensor([float(r["accuracy"]) for r in t[1:] if int(r["n"]) > 0],
+                             dtype=torch.float64)
+            values.append(f"{stat(a).item() if len(a) else math.nan:>13.4f}")
+        lines.append(f"{'subgroups: ' + label:<40} {'':>8} " + " ".join(values))
+    return "\n".join(lines)
+
+
 class DBVAE(VAE):
     """Debiasing VAE: classifier of ``target_attribute`` and VAE sharing one encoder.
 
@@ -344,3 +372,9 @@ class DBVAE(VAE):
         x_hat = self.to_image(self.decode(self.encode(x)[0]))
         pairs = torch.stack([x, x_hat], dim=1).flatten(0, 1)  # input / reconstruction
         return {"reconstructions": pairs, "samples": self.to_image(self.decode(self.fixed_noise))}
+
+
+if __name__ == "__main__":  # python -m lightning_gen.models.dbvae BASELINE.csv DEBIASED.csv
+    import sys
+
+    print(compare_tables(sys.argv[1:]))
