@@ -141,6 +141,9 @@ def test_comparison_table_puts_the_runs_side_by_side(tmp_path):
     assert lines[3].split() == ["Male=0", "2", "0.5000", "1.0000"]
     assert lines[-2].split()[-2:] == ["0.5000", "0.5000"]  # min over subgroups
     assert lines[-1].split()[-2:] == ["0.2500", "0.2500"]  # population std
+    write_table(tmp_path / "c.csv", with_, debias=True, split="test")
+    with pytest.raises(ValueError, match="same split"):
+        compare_tables([tmp_path / "a.csv", tmp_path / "c.csv"])
 
 
 # ----------------------------------------------------------------------------------------------

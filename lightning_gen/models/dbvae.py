@@ -114,8 +114,10 @@ def compare_tables(paths: list[str | Path]) -> str:
     if not tables or any(not t for t in tables):
         raise ValueError("each subgroup accuracy file needs at least one row")
     subgroups = [r["subgroup"] for r in tables[0]]
-    if any([r["subgroup"] for r in t] != subgroups for t in tables[1:]):
-        raise ValueError("the files have other subgroups; compare runs of the same attributes")
+    if any([(r["subgroup"], r["n"], r["split"]) for r in t]
+           != [(r["subgroup"], r["n"], r["split"]) for r in tables[0]] for t in tables[1:]):
+        raise ValueError("the files count other images per subgroup; compare the same split of "
+                         "the same data and attributes")
     heads = [f"debias={t[0]['debias']}" for t in tables]
     lines = [f"{'subgroup':<40} {'n':>8} " + " ".join(f"{h:>13}" for h in heads)]
     for i, name in enumerate(subgroups):
@@ -306,7 +308,7 @@ class DBVAE(VAE):
         path = run_dir(self.trainer) / f"subgroup_accuracy_{split}.csv"
         write_table(path, rows, bool(self.hparams.debias), split)
         if show:
-            print(format_table(rows, self._title(split)), f"\n(written to {path})", flush=True)
+            print(f"{format_table(rows, self._title(split))}\n(written to {path})", flush=True)
 
     # ------------------------------------------------------------------------------------------
     # Resampling (Algorithm 1): before every epoch but the first
@@ -373,8 +375,3 @@ class DBVAE(VAE):
         pairs = torch.stack([x, x_hat], dim=1).flatten(0, 1)  # input / reconstruction
         return {"reconstructions": pairs, "samples": self.to_image(self.decode(self.fixed_noise))}
 
-
-if __name__ == "__main__":  # python -m lightning_gen.models.dbvae BASELINE.csv DEBIASED.csv
-    import sys
-
-    print(compare_tables(sys.argv[1:]))
