@@ -10,8 +10,8 @@ Each experiment keeps its model (architecture, losses, optimizers, n_critic, EMA
 scikit-learn's digits resized to its image size (one channel; no download, so it runs on an
 air-gapped GPU machine), except the unpaired CycleGANs: ``cyclegan_mnist_inverted`` reads the
 MNIST IDX files of ``--mnist_dir`` (the test files serve as the training split when the training
-files are missing), ``cyclegan_celeba_smiling`` needs CelebA and is left out unless
-``--celeba_dir`` is given. Models conditioned on CelebA's 40 attributes are conditioned on the
+files are missing), ``cyclegan_celeba_smiling`` and the DB-VAE's ``dbvae_celeba_*`` need CelebA
+and are left out unless ``--celeba_dir`` is given. Models conditioned on CelebA's 40 attributes are conditioned on the
 digits' 10 classes instead. The YAMLs' end-of-fit lecture callbacks (traversals, completions) are
 dropped (``--trainer.callbacks=[]``): they do not train. Logging goes to a CSV logger every 10
 steps (fewer for short runs).
@@ -74,7 +74,7 @@ def data_overrides(name: str, args, workdir: Path) -> list[str] | None:
         data_dir = mnist_as_training_data(Path(args.mnist_dir), workdir / "mnist")
         return [f"--data.data_dir={data_dir}", "--data.download=false",
                 f"--data.batch_size={args.batch_size}", "--data.num_workers=0"]
-    if name.startswith("cyclegan_celeba"):
+    if name.startswith(("cyclegan_celeba", "dbvae_celeba")):  # attribute tasks need CelebA
         if args.celeba_dir is None:
             return None
         return [f"--data.data_dir={args.celeba_dir}", "--data.download=false",
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated YAML names (default: all but quickstart)")
     parser.add_argument("--mnist_dir", default=None,
                         help="folder with MNIST IDX files (.gz or not) for cyclegan_mnist_inverted")
-    parser.add_argument("--celeba_dir", default=None, help="CelebA data_dir for cyclegan_celeba")
+    parser.add_argument("--celeba_dir", default=None, help="CelebA data_dir for cyclegan_celeba, dbvae_celeba")
     parser.add_argument("--compare", action="store_true",
                         help="fit failing experiments again in 32-true")
     parser.add_argument("--workdir", default=None, help="keep runs here (default: a temp dir)")

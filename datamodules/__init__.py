@@ -2,6 +2,7 @@
 
 from datamodules.base import DatasetNotFoundError, ImageDataModule
 from datamodules.celeba import CelebADataModule
+from datamodules.celeba_attributes import CelebAAttributesDataModule, ResamplingSampler
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.colorization import (
     CelebAColorizationDataModule,
@@ -30,4 +31,6 @@ __all__ = [
     "CIFAR10ColorizationDataModule",
     "CelebAColorizationDataModule",
     "ColorizationDataset",
+    "CelebAAttributesDataModule",
+    "ResamplingSampler",
 ]

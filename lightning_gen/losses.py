@@ -332,3 +332,22 @@ def pix2pix_generator_loss(fake_logits: torch.Tensor, output: torch.Tensor,
     adversarial = gan_generator_loss_nonsaturating(fake_logits)
     l1 = l1_reconstruction_loss(target, output)
     return {"loss": adversarial + lambda_l1 * l1, "adversarial": adversarial, "l1": l1}
+
+
+# ----------------------------------------------------------------------------------------------
+# DB-VAE (Amini, Soleimany, Schwarting, Bhatia & Rus 2019)
+
+
+def dbvae_loss(logits: torch.Tensor, targets: torch.Tensor, vae_loss: torch.Tensor,
+               vae_mask: torch.Tensor, c1: float = 1.0, c2: float = 1.0) -> torch.Tensor:
+    """The debiasing VAE's joint objective (Amini et al. 2019, Sec. 3), averaged over the batch:
+
+    ``L_TOTAL = c1 * L_y(y, y_hat) + c2 * 1[mask] * L_VAE``, with ``L_y`` the binary
+    cross-entropy ``-(y log sigmoid(l) + (1 - y) log(1 - sigmoid(l)))`` of the classifier's
+    logit ``l`` and ``L_VAE`` the VAE's loss of the image (reconstruction + KL, per image, shape
+    ``(B,)``). The paper applies ``L_VAE`` only to the class whose latent structure is learnt
+    (faces, ``y = 1``); ``vae_mask`` (``(B,)``, 0/1) says which images it is applied to.
+    """
+    classification = F.binary_cross_entropy_with_logits(logits.float(), targets.float(),
+                                                        reduction="none")
+    return (c1 * classification + c2 * vae_mask.float() * vae_loss.float()).mean()

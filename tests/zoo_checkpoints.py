@@ -51,4 +51,8 @@ ZOO = {
                                            "--model.init_args.latent_dim", "8",
                                            "--model.init_args.fade_images", "8",
                                            "--model.init_args.stabilize_images", "4")),
+    "dbvae_celeba_smiling.yaml": ("celeba_dir", ("--model.init_args.width", "8",
+                                                 "--model.init_args.latent_dim", "8")),
+    "dbvae_celeba_smiling_baseline.yaml": ("celeba_dir", ("--model.init_args.width", "8",
+                                                          "--model.init_args.latent_dim", "8")),
 }

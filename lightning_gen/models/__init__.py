@@ -11,6 +11,7 @@ from lightning_gen.models.biggan import BigGAN
 from lightning_gen.models.classifier import Classifier
 from lightning_gen.models.cvae import CVAE
 from lightning_gen.models.cyclegan import CycleGAN
+from lightning_gen.models.dbvae import DBVAE
 from lightning_gen.models.dcgan import DCGAN
 from lightning_gen.models.dragan import DRAGAN
 from lightning_gen.models.gan import GAN, TextbookGAN
@@ -39,4 +40,5 @@ __all__ = [
     "SRGAN",
     "Pix2Pix",
     "PixelRNN",
+    "DBVAE",
 ]
