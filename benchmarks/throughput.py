@@ -35,6 +35,7 @@ import contextlib
 import copy
 import ctypes
 import gc
+import json
 import math
 import os
 import sys
@@ -94,7 +95,29 @@ class Amp:
             self.scaler.update()
 
 
-def gan_hand_loop(d_loss_fn, g_loss_fn) -> Callable:
+def gan_hand_loop(d_loss_fn, g_loss_fn, reuse_fake: bool = False) -> Callable:
+    """The reference update of the GANs: Goodfellow et al. (2014), Algorithm 1, with
+    ``k = n_critic`` (Gulrajani et al. 2017, Algorithm 1, for WGAN-GP), one batch per
+    discriminator step. ``tests/test_parity.py`` checks that the suite's LightningModules make
+    exactly these updates.
+
+    Per batch ``x`` (one "iteration" of the inner loop of Algorithm 1):
+
+    1. draw ``z ~ N(0, I)`` and generate ``G(z)`` without a graph (G's batch-norm statistics
+       are those of this batch, and its running averages move, as in every DCGAN
+       implementation);
+    2. one Adam step of D on ``d_loss_fn`` (real and fake pass through D separately, so D's
+       batch norm sees one batch of each kind);
+    3. every ``n_critic``-th batch, one Adam step of G on ``g_loss_fn(D(G(z')))`` with
+       **fresh** noise ``z'``, D frozen (``requires_grad`` off) but in training mode.
+
+    Where the suite deliberately differs from a common hand-written loop: step 3 draws fresh
+    noise, as Algorithm 1 does ("sample minibatch of m noise samples" again for the generator
+    update), whereas PyTorch's DCGAN example reuses the discriminator step's fake batch (one G
+    forward per iteration instead of two; G's running batch-norm averages move once).
+    ``reuse_fake=True`` is that variant (for ``n_critic = 1``): it is *not* what the suite does,
+    and the parity test checks that it gives different weights.
+    """
     def make(module, amp: Amp):
         G, D, hp = module.generator, module.discriminator, module.hparams
         opt_g = torch.optim.Adam(G.parameters(), lr=hp.lr_g, betas=tuple(hp.betas))
@@ -103,19 +126,27 @@ def gan_hand_loop(d_loss_fn, g_loss_fn) -> Callable:
 
         def step(real: torch.Tensor) -> None:
             z = torch.randn(real.shape[0], hp.latent_dim, device=real.device)
-            with torch.no_grad(), amp.autocast():
-                fake = G(z)
+            if reuse_fake:  # PyTorch's DCGAN example: keep G's graph for the G step
+                with amp.autocast():
+                    fake_with_graph = G(z)
+                fake = fake_with_graph.detach()
+            else:
+                with torch.no_grad(), amp.autocast():
+                    fake = G(z)
             G.requires_grad_(False)
             with amp.autocast():
-                d_loss = d_loss_fn(D, real, fake, amp)
+                d_loss = d_loss_fn(D, real, fake, amp, hp)
             amp.step(d_loss, opt_d)
             G.requires_grad_(True)
             state["d_steps"] += 1
             if state["d_steps"] % hp.n_critic == 0:
                 D.requires_grad_(False)
-                z = torch.randn(real.shape[0], hp.latent_dim, device=real.device)
                 with amp.autocast():
-                    g_loss = g_loss_fn(D(G(z)))
+                    if reuse_fake:
+                        g_loss = g_loss_fn(D(fake_with_graph))
+                    else:  # the suite and Algorithm 1: fresh noise for the generator step
+                        z = torch.randn(real.shape[0], hp.latent_dim, device=real.device)
+                        g_loss = g_loss_fn(D(G(z)))
                 amp.step(g_loss, opt_g)
                 D.requires_grad_(True)
 
@@ -123,11 +154,16 @@ def gan_hand_loop(d_loss_fn, g_loss_fn) -> Callable:
     return make
 
 
-def dcgan_d_loss(D, real, fake, amp):
+def dcgan_d_loss(D, real, fake, amp, hp=None):
+    """``-log D(x) - log(1 - D(G(z)))`` on logits, real and fake through D separately."""
     return losses.gan_discriminator_loss(D(real), D(fake))
 
 
-def wgan_gp_d_loss(D, real, fake, amp, gp_weight: float = 10.0):
+def wgan_gp_d_loss(D, real, fake, amp, hp=None):
+    """``D(G(z)) - D(x) + lambda (||grad D(x_hat)||_2 - 1)^2`` batch-averaged, with
+    ``x_hat = alpha x + (1 - alpha) G(z)``, ``alpha ~ U[0, 1]`` per sample (Gulrajani et al.
+    2017, Algorithm 1, lines 4-8); ``lambda`` is the model's ``gp_weight`` (10)."""
+    gp_weight = getattr(hp, "gp_weight", 10.0)
     alpha = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
     x_hat = losses.interpolate(real, fake.to(real.dtype), alpha).requires_grad_(True)
     out = D(x_hat).float().sum()
@@ -142,7 +178,8 @@ def wgan_gp_d_loss(D, real, fake, amp, gp_weight: float = 10.0):
             + gp_weight * losses.gradient_penalty(grads))
 
 
-def pggan_d_loss(D, real, fake, amp, gp_weight: float = 10.0, eps_drift: float = 0.001):
+def pggan_d_loss(D, real, fake, amp, hp=None, gp_weight: float = 10.0,
+                 eps_drift: float = 0.001):
     """WGAN-GP plus the drift term ``eps_drift * E[D(x)^2]`` (Karras et al. 2018, App. A.1)."""
     alpha = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
     x_hat = losses.interpolate(real, fake.to(real.dtype), alpha).requires_grad_(True)
@@ -169,6 +206,15 @@ def pggan_full_resolution(width: int) -> PGGAN:
 
 
 def vae_hand_loop(module, amp: Amp):
+    """The reference update of the VAE: one Adam step on the negative ELBO of Kingma & Welling
+    (2014), Eq. 10, with one reparameterised sample ``z = mu + sigma * eps`` per image and the
+    analytic Gaussian KL, batch-averaged, ``beta`` weighting the KL (Higgins et al. 2017).
+
+    Where the suite deliberately differs from the textbook step: the encoder's ``log sigma^2``
+    is clamped to [-30, 20] (``exp`` cannot overflow; inactive in normal training), and the
+    Bernoulli likelihood is evaluated on grey levels in [0, 1] rather than on binarised pixels
+    (the usual practice on MNIST; binarised data is a DataModule option).
+    """
     enc, dec, hp = module.encoder, module.decoder, module.hparams
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=hp.lr)
 
@@ -177,7 +223,10 @@ def vae_hand_loop(module, amp: Amp):
             mu, logvar = enc(x).chunk(2, dim=1)
             logvar = logvar.clamp(-30.0, 20.0)
             decoded = dec(losses.reparameterize(mu, logvar))
-            recon = -losses.bernoulli_log_likelihood(decoded, (x + 1) / 2).mean()
+            if hp.likelihood == "gaussian":
+                recon = -losses.gaussian_log_likelihood(decoded, x, hp.gaussian_std).mean()
+            else:
+                recon = -losses.bernoulli_log_likelihood(decoded, (x + 1) / 2).mean()
             loss = recon + hp.beta * losses.gaussian_kl(mu, logvar).mean()
         amp.step(loss, opt)
 
@@ -341,6 +390,62 @@ SPECS: dict[str, Spec] = {
                                            n_critic=4, ema_decay=0.9999)),
                    biggan_hand_loop, n_critic=4, cpu_batch=32, cpu_steps=8),
 }
+
+
+# ----------------------------------------------------------------------------------------------
+# Parity: the hand loops above are the reference updates; tests/test_parity.py trains a
+# LightningModule with ``train_with_lightning`` and an equal copy with ``train_by_hand`` on the
+# same batches from the same global seed (so the same noise), and compares the weights.
+class Batches:
+    """Batches in order, as a loader Lightning accepts (a plain list would be read as a list of
+    loaders). Iterating it draws no random numbers, unlike a DataLoader's base seed."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def train_by_hand(hand, module: L.LightningModule, batches: list[torch.Tensor],
+                  precision: str = "32-true", seed: int = 0) -> L.LightningModule:
+    """``len(batches)`` steps of the reference update ``hand`` (a ``Spec.hand``) on ``module``."""
+    module.train()
+    step = hand(module, Amp(batches[0].device.type, precision))
+    torch.manual_seed(seed)
+    for batch in batches:
+        step(batch)
+    return module
+
+
+def train_with_lightning(module: L.LightningModule, batches: list[torch.Tensor],
+                         precision: str = "32-true", seed: int = 0,
+                         root: Path | None = None) -> L.LightningModule:
+    """``len(batches)`` training steps of ``Trainer.fit`` (batches ``(x, label 0)``, as the
+    DataModules yield), seeded like :func:`train_by_hand` just before the first step."""
+    trainer = L.Trainer(
+        accelerator=batches[0].device.type, devices=1, precision=precision, max_epochs=1,
+        logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=root,
+    )
+    labels = torch.zeros(batches[0].shape[0], dtype=torch.long, device=batches[0].device)
+    torch.manual_seed(seed)
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.fit(module, train_dataloaders=Batches([(b, labels) for b in batches]))
+    return module
+
+
+def weight_differences(a: torch.nn.Module, b: torch.nn.Module) -> dict[str, float]:
+    """Largest absolute difference per floating-point entry of the two state dicts (parameters
+    and buffers: batch-norm running averages count how often each network ran)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    if sa.keys() != sb.keys():
+        raise ValueError(f"different entries: {sorted(sa.keys() ^ sb.keys())}")
+    return {k: (sa[k].float() - sb[k].float()).abs().max().item() if sa[k].is_floating_point()
+            else float(not torch.equal(sa[k], sb[k])) for k in sa}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -526,6 +631,7 @@ def main(argv: list[str] | None = None) -> None:
     print(header, flush=True)
     memory = PeakMemory(args.device)
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / "lightning-gen-throughput"
+    records: list[dict] = []
     for name in names:
         spec = SPECS[name]
         k = spec.n_critic
@@ -553,6 +659,21 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {name} | {batch_size} | {label} | {run.steps} | {ips:.1f} | "
                   f"{ips / hand_ips:.2f} | "
                   f"{cpu:.1f} | {cpu / hand_cpu:.2f} | {mem:.0f} |", flush=True)
+            records.append({
+                "model": name, "setup": loop, "device": device_name,
+                "precision": args.precision, "width": args.width,
+                "channels_last": args.channels_last, "batch": batch_size, "steps": run.steps,
+                "repeats": args.repeats, "images_per_s": round(ips, 2),
+                "hand_images_per_s": round(hand_ips, 2), "ratio": round(ips / hand_ips, 4),
+                "images_per_cpu_s": round(cpu, 2), "hand_images_per_cpu_s": round(hand_cpu, 2),
+                "ratio_cpu_time": round(cpu / hand_cpu, 4), "peak_memory_mib": round(mem, 1),
+            })
+    # One JSON object per table row, each on its own line (``grep '^{'``), inside an HTML
+    # comment so that the table stays clean where stdout is kept as Markdown.
+    print("\n<!-- throughput.py rows as JSON lines")
+    for record in records:
+        print(json.dumps(record))
+    print("-->", flush=True)
 
 
 if __name__ == "__main__":

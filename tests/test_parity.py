@@ -1,0 +1,149 @@
+"""Parity of the suite's updates with the algorithms (issue 16, item 6).
+
+The hand-written loops of ``benchmarks/throughput.py`` are the reference implementation of each
+model's update (Goodfellow et al. 2014, Algorithm 1 with ``k = n_critic``; Gulrajani et al. 2017,
+Algorithm 1; the ELBO step of Kingma & Welling 2014). Each test builds the LightningModule twice
+from the same seed (equal initial weights), trains one copy with ``Trainer.fit`` and the other
+with the hand loop on the same batches from the same global seed (so the same noise ``z``, the
+same ``alpha`` of the gradient penalty, the same ``eps`` of the reparameterisation), and
+compares every parameter and buffer.
+
+Tolerance: ``TOL = 1e-5`` absolute, in float32. One Adam step moves a weight by up to about the
+learning rate (1e-4 to 1e-3 here), so any difference in the update (an extra or missing step,
+other noise, another loss, batch-norm statistics of another batch) shows as a difference of
+that order; the two implementations differ only in the order of float32 operations (on this
+machine they agree to the bit: the largest difference seen was 1.5e-8, in WGAN-GP's critic).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_gen.models import DCGAN, VAE, WGANGP
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = 1e-5
+SHAPE = (1, 16, 16)
+BATCH = 4
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: these tiny networks gain nothing from more on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    spec = importlib.util.spec_from_file_location("bench_throughput",
+                                                  ROOT / "benchmarks" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def batches(n: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.rand(BATCH, *SHAPE, generator=g) * 2 - 1 for _ in range(n)]
+
+
+def twins(build):
+    """Two modules with equal initial weights, and a third kept as the starting point."""
+    copies = []
+    for _ in range(3):
+        torch.manual_seed(0)
+        copies.append(build())
+    return copies
+
+
+def train_both(throughput, build, hand, n_batches: int, tmp_path):
+    lightning, by_hand, start = twins(build)
+    data = batches(n_batches)
+    throughput.train_with_lightning(lightning, data, seed=123, root=tmp_path)
+    throughput.train_by_hand(hand, by_hand, data, seed=123)
+    return lightning, by_hand, start
+
+
+def assert_parity(throughput, lightning, by_hand, start) -> None:
+    diffs = throughput.weight_differences(lightning, by_hand)
+    worst = max(diffs, key=diffs.get)
+    assert diffs[worst] <= TOL, f"{worst} differs by {diffs[worst]:.3g} (tolerance {TOL})"
+    # The comparison means something: training moved the weights far beyond the tolerance.
+    moved = throughput.weight_differences(lightning, start)
+    for prefix in {k.split(".")[0] for k in moved if k != "fixed_noise"}:
+        assert max(v for k, v in moved.items() if k.startswith(prefix + ".")) > 100 * TOL, prefix
+
+
+@pytest.mark.parametrize("n_critic", [1, 5])
+def test_dcgan_makes_the_updates_of_algorithm_1(throughput, n_critic, tmp_path):
+    def build():
+        return DCGAN(image_shape=SHAPE, latent_dim=8, g_width=8, d_width=8, n_critic=n_critic)
+
+    n_batches = 10  # k = 5: two generator steps, each after five discriminator steps
+    lightning, by_hand, start = train_both(throughput, build, throughput.SPECS["dcgan"].hand,
+                                           n_batches, tmp_path)
+    assert (lightning.d_steps, lightning.g_steps) == (n_batches, n_batches // n_critic)
+    assert_parity(throughput, lightning, by_hand, start)
+
+
+def test_wgan_gp_makes_the_updates_of_its_algorithm_1(throughput, tmp_path):
+    def build():
+        return WGANGP(image_shape=SHAPE, latent_dim=8, g_width=8, d_width=8, n_critic=5,
+                      gp_weight=5.0)  # not the default: the reference must read the model's
+
+    lightning, by_hand, start = train_both(throughput, build, throughput.SPECS["wgan_gp"].hand,
+                                           10, tmp_path)
+    assert (lightning.d_steps, lightning.g_steps) == (10, 2)
+    assert_parity(throughput, lightning, by_hand, start)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_vae_makes_the_elbo_step(throughput, likelihood, tmp_path):
+    def build():
+        return VAE(image_shape=SHAPE, latent_dim=8, width=8, beta=2.0, likelihood=likelihood)
+
+    lightning, by_hand, start = train_both(throughput, build, throughput.SPECS["vae"].hand, 5,
+                                           tmp_path)
+    assert_parity(throughput, lightning, by_hand, start)
+
+
+def test_parity_tells_the_fake_batch_reusing_update_apart(throughput, tmp_path):
+    """The test can fail: PyTorch's DCGAN example (the generator step reuses the discriminator
+    step's fake batch) is a different update from the suite's fresh noise, and it shows far
+    beyond the tolerance."""
+    def build():
+        return DCGAN(image_shape=SHAPE, latent_dim=8, g_width=8, d_width=8)
+
+    reuse = throughput.gan_hand_loop(throughput.dcgan_d_loss,
+                                     throughput.losses.gan_generator_loss_nonsaturating,
+                                     reuse_fake=True)
+    lightning, by_hand, _ = train_both(throughput, build, reuse, 5, tmp_path)
+    diffs = throughput.weight_differences(lightning, by_hand)
+    generator = max(v for k, v in diffs.items() if k.startswith("generator."))
+    assert generator > 100 * TOL
+
+
+def test_throughput_prints_one_json_line_per_row(throughput, capsys):
+    throughput.main(["--device", "cpu", "--models", "vae", "--width", "4", "--batch-size", "2",
+                     "--steps", "2", "--lightning", "bare"])
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(r["model"], r["setup"]) for r in rows] == [("vae", "hand"), ("vae", "bare")]
+    hand, bare = rows
+    assert hand["ratio"] == 1.0 and hand["images_per_s"] == hand["hand_images_per_s"]
+    assert bare["hand_images_per_s"] == hand["images_per_s"] > 0
+    assert bare["ratio"] == pytest.approx(bare["images_per_s"] / bare["hand_images_per_s"],
+                                          rel=1e-3)
+    assert (bare["batch"], bare["steps"], bare["precision"]) == (2, 2, "32-true")
+    table = [line for line in out.splitlines() if line.startswith("| vae ")]
+    assert f"| {bare['ratio']:.2f} |" in table[1]
