@@ -71,10 +71,13 @@ class Spec:
 
 
 class Amp:
-    """``torch.autocast`` and one ``GradScaler`` shared by all optimizers, like Lightning's."""
+    """``torch.autocast`` and one ``GradScaler`` shared by all optimizers, like Lightning's.
 
-    def __init__(self, device: str, precision: str) -> None:
-        self.device = device
+    ``cache=False`` turns off autocast's cache of low-precision weight copies, as Lightning's
+    precision plugin does (``cache_enabled=False``)."""
+
+    def __init__(self, device: str, precision: str, cache: bool = True) -> None:
+        self.device, self.cache = device, cache
         self.dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
         enabled = precision == "16-mixed"
         self.scaler = torch.amp.GradScaler(device, enabled=enabled) if enabled else None
@@ -82,7 +85,7 @@ class Amp:
     def autocast(self):
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device, dtype=self.dtype)
+        return torch.autocast(self.device, dtype=self.dtype, cache_enabled=self.cache)
 
     def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -411,13 +414,25 @@ class Batches:
 
 
 def train_by_hand(hand, module: L.LightningModule, batches: list[torch.Tensor],
-                  precision: str = "32-true", seed: int = 0) -> L.LightningModule:
-    """``len(batches)`` steps of the reference update ``hand`` (a ``Spec.hand``) on ``module``."""
+                  precision: str = "32-true", seed: int = 0,
+                  autocast_whole_step: bool = False) -> L.LightningModule:
+    """``len(batches)`` steps of the reference update ``hand`` (a ``Spec.hand``) on ``module``.
+
+    ``autocast_whole_step``: run each step, backward passes and optimizer steps included, in
+    one autocast region without the weight cache. That is where Lightning's manual
+    optimisation runs them (``manual_backward`` and ``opt.step()`` are called inside
+    ``training_step``, which the precision plugin wraps in ``torch.autocast(...,
+    cache_enabled=False)``). The update is the same; the backward pass rounds differently
+    under autocast (~1e-10 after one step), which bf16 then amplifies to ~1 learning rate.
+    """
+    device = batches[0].device.type
     module.train()
-    step = hand(module, Amp(batches[0].device.type, precision))
+    amp = Amp(device, precision, cache=not autocast_whole_step)
+    step = hand(module, amp)
     torch.manual_seed(seed)
     for batch in batches:
-        step(batch)
+        with amp.autocast() if autocast_whole_step else contextlib.nullcontext():
+            step(batch)
     return module
 
 
