@@ -20,6 +20,15 @@ All are timed the same way: ``--warmup`` steps excluded, CUDA synchronised befor
 clock, images/s = real images consumed (one batch per discriminator step for GANs) / seconds;
 images/CPU-s divides by the process's CPU time instead (robust on a machine shared with other
 jobs, meaningless on CUDA). With ``--repeats N`` the loops alternate N times and the best is kept.
+After the Markdown table, one JSON object per row (model, setup, images/s of the set-up and
+of the hand loop, ratio, ...) is printed on its own line inside an HTML comment: ``grep '^{'``.
+
+The hand loops are also the reference implementation of each model's update (Algorithm 1 with
+``k = n_critic`` for the GANs, the ELBO step for the VAE): ``tests/test_parity.py`` trains the
+LightningModule and the hand loop from the same weights on the same batches with the same noise
+and checks that the weights agree (``train_with_lightning``, ``train_by_hand``); each hand loop's
+docstring names where the suite deliberately differs from a common hand-written loop.
+
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA and the process's peak resident set
 growth (``VmHWM`` after resetting it, Linux) on CPU, which includes allocator caching.
 
