@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import ctypes
 import gc
 import json
@@ -269,8 +268,11 @@ def stylegan2_hand_loop(module, amp: Amp):
     lr_d, betas_d = losses.lazy_regularization_adam(hp.lr_d, hp.betas, hp.r1_interval)
     opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas_g)
     opt_d = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas_d)
-    ema = [p.detach().clone() for p in G.parameters()]
-    state = {"batches": 0, "pl_mean": torch.zeros((), device=module.device)}
+    # The generator average and the path-length mean live in the module (as in the suite), so
+    # that the parity check covers them; the average's buffers (w_avg) are copied, as in
+    # StyleGAN2's official code.
+    ema = module.generator_ema  # None when ema_decay is 0
+    state = {"batches": 0, "pl_mean": module.pl_mean}
 
     def grad(out: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         total = out.float().sum()
@@ -317,8 +319,12 @@ def stylegan2_hand_loop(module, amp: Amp):
                 loss = hp.pl_weight * penalty * hp.pl_interval + 0 * images.float().mean()
             amp.step(loss, opt_g)
         D.requires_grad_(True)
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in G.parameters()], 1 - hp.ema_decay)
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in G.parameters()],
+                                     1 - hp.ema_decay)
+                for b_ema, b in zip(ema.buffers(), G.buffers(), strict=True):
+                    b_ema.copy_(b)
         state["batches"] += 1
 
     return step
@@ -332,7 +338,7 @@ def biggan_hand_loop(module, amp: Amp):
     opt_g = torch.optim.Adam(G.parameters(), lr=hp.lr_g, betas=tuple(hp.betas))
     opt_d = torch.optim.Adam(D.parameters(), lr=hp.lr_d, betas=tuple(hp.betas))
     ortho = [p for n, p in G.named_parameters() if p.dim() >= 2 and not n.startswith("shared.")]
-    ema = copy.deepcopy(G).requires_grad_(False) if hp.ema_decay > 0 else None
+    ema = module.generator_ema if hp.ema_decay > 0 else None  # the module's, as in the suite
     state = {"d_steps": 0, "y": None}
 
     def step(real: torch.Tensor) -> None:
