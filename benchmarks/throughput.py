@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import ctypes
 import gc
 import json
@@ -170,41 +171,44 @@ def dcgan_d_loss(D, real, fake, amp, hp=None):
     return losses.gan_discriminator_loss(D(real), D(fake))
 
 
+def _input_gradients(D, x_hat: torch.Tensor, amp: Amp) -> torch.Tensor:
+    """``d sum D(x_hat) / d x_hat`` with a graph, float32. PyTorch's AMP recipe for gradient
+    penalties: scale the outputs, unscale the gradients (a device tensor: no host sync)."""
+    out = D(x_hat).float().sum()
+    if amp.scaler is not None:
+        (grads,) = torch.autograd.grad(amp.scaler.scale(out), x_hat, create_graph=True)
+        return grads.float() / amp.scaler._get_scale_async()
+    (grads,) = torch.autograd.grad(out, x_hat, create_graph=True)
+    return grads.float()
+
+
 def wgan_gp_d_loss(D, real, fake, amp, hp=None):
     """``D(G(z)) - D(x) + lambda (||grad D(x_hat)||_2 - 1)^2`` batch-averaged, with
     ``x_hat = alpha x + (1 - alpha) G(z)``, ``alpha ~ U[0, 1]`` per sample (Gulrajani et al.
-    2017, Algorithm 1, lines 4-8); ``lambda`` is the model's ``gp_weight`` (10)."""
+    2017, Algorithm 1, lines 4-8); ``lambda`` is the model's ``gp_weight`` (10).
+
+    The terms are computed in the suite's order (D on real, on fake, then the penalty): the
+    sum is the same either way, but float32 rounds it differently, and Adam amplifies rounding
+    in gradients near its ``eps`` (PGGAN's equalised-learning-rate weights) to about one
+    learning rate within a few steps; in this order the parity check agrees to the bit."""
     gp_weight = getattr(hp, "gp_weight", 10.0)
+    wasserstein = losses.wasserstein_critic_loss(D(real), D(fake))
     alpha = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
     x_hat = losses.interpolate(real, fake.to(real.dtype), alpha).requires_grad_(True)
-    out = D(x_hat).float().sum()
-    # PyTorch's AMP recipe for gradient penalties: scale the outputs, unscale the gradients.
-    if amp.scaler is not None:
-        (grads,) = torch.autograd.grad(amp.scaler.scale(out), x_hat, create_graph=True)
-        grads = grads.float() / amp.scaler._get_scale_async()  # device tensor: no host sync
-    else:
-        (grads,) = torch.autograd.grad(out, x_hat, create_graph=True)
-        grads = grads.float()
-    return (losses.wasserstein_critic_loss(D(real), D(fake))
-            + gp_weight * losses.gradient_penalty(grads))
+    return wasserstein + gp_weight * losses.gradient_penalty(_input_gradients(D, x_hat, amp))
 
 
-def pggan_d_loss(D, real, fake, amp, hp=None, gp_weight: float = 10.0,
-                 eps_drift: float = 0.001):
-    """WGAN-GP plus the drift term ``eps_drift * E[D(x)^2]`` (Karras et al. 2018, App. A.1)."""
-    alpha = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
-    x_hat = losses.interpolate(real, fake.to(real.dtype), alpha).requires_grad_(True)
-    out = D(x_hat).float().sum()
-    if amp.scaler is not None:
-        (grads,) = torch.autograd.grad(amp.scaler.scale(out), x_hat, create_graph=True)
-        grads = grads.float() / amp.scaler._get_scale_async()
-    else:
-        (grads,) = torch.autograd.grad(out, x_hat, create_graph=True)
-        grads = grads.float()
+def pggan_d_loss(D, real, fake, amp, hp=None):
+    """WGAN-GP plus the drift term ``eps_drift * E[D(x)^2]`` (Karras et al. 2018, App. A.1),
+    with the model's ``gp_weight`` (10) and ``eps_drift`` (0.001); the suite's order, as
+    :func:`wgan_gp_d_loss`."""
+    gp_weight, eps_drift = getattr(hp, "gp_weight", 10.0), getattr(hp, "eps_drift", 0.001)
     real_scores = D(real)
-    return (losses.wasserstein_critic_loss(real_scores, D(fake))
-            + gp_weight * losses.gradient_penalty(grads)
-            + eps_drift * losses.epsilon_drift_penalty(real_scores))
+    wasserstein = losses.wasserstein_critic_loss(real_scores, D(fake))
+    alpha = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
+    x_hat = losses.interpolate(real, fake.to(real.dtype), alpha).requires_grad_(True)
+    gp = losses.gradient_penalty(_input_gradients(D, x_hat, amp))
+    return wasserstein + gp_weight * gp + eps_drift * losses.epsilon_drift_penalty(real_scores)
 
 
 def pggan_full_resolution(width: int) -> PGGAN:
@@ -602,6 +606,47 @@ def time_lightning(spec, args, batch, memory, variant: str, workdir: Path):
             memory.peak_mib())
 
 
+def check_parity(names: list[str], args, device_name: str) -> None:
+    """``--parity``: train each model's LightningModule and its hand loop from the same weights
+    on the same batches with the same noise (``args.steps`` batches, whole ``n_critic``
+    iterations) and print the largest difference of any parameter or buffer: a table and one
+    JSON line per model. Under mixed precision the hand loop runs each step in one autocast
+    region, as Lightning's manual optimisation does (see :func:`train_by_hand`)."""
+    print("| model | batch | steps | largest difference | entry | largest change from the start |\n"
+          "| --- | --- | --- | --- | --- | --- |", flush=True)
+    records = []
+    for name in names:
+        spec = SPECS[name]
+        k = spec.n_critic
+        steps = -(-(args.steps or (spec.cpu_steps if args.device == "cpu" else 20)) // k) * k
+        batch_size = args.batch_size or (
+            spec.cpu_batch if args.device == "cpu" and spec.cpu_batch else 128)
+        batches = []
+        for i in range(steps):
+            g = torch.Generator().manual_seed(1 + i)
+            levels = torch.randint(0, 256, (batch_size, *CIFAR), generator=g)
+            batches.append((levels.float() / 127.5 - 1).to(args.device))
+        lightning = spec.build(args.width).to(args.device)
+        by_hand = spec.build(args.width).to(args.device)
+        start = copy.deepcopy(by_hand)
+        train_with_lightning(lightning, batches, args.precision, seed=123)
+        train_by_hand(spec.hand, by_hand, batches, args.precision, seed=123,
+                      autocast_whole_step=not lightning.automatic_optimization)
+        diffs = weight_differences(lightning, by_hand)
+        worst = max(diffs, key=diffs.get)
+        moved = max(weight_differences(lightning, start).values())
+        print(f"| {name} | {batch_size} | {steps} | {diffs[worst]:.3g} | {worst} | {moved:.3g} |",
+              flush=True)
+        records.append({"model": name, "check": "parity", "device": device_name,
+                        "precision": args.precision, "width": args.width,
+                        "batch": batch_size, "steps": steps, "max_abs_difference": diffs[worst],
+                        "entry": worst, "max_change_from_start": moved})
+    print("\n<!-- throughput.py --parity rows as JSON lines")
+    for record in records:
+        print(json.dumps(record))
+    print("-->", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if
@@ -628,6 +673,10 @@ def main(argv: list[str] | None = None) -> None:
                              "Performance(train_logging='written'); default: the CLI's progress "
                              "bar and a CSV logger; tqdm: Lightning's own progress bar instead")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--parity", action="store_true",
+                        help="instead of timing, check that each LightningModule makes the same "
+                             "updates as its hand loop (same weights, batches and noise) and "
+                             "print the largest weight difference")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default on CPU: 1; several threads on a shared "
                              "machine measure the other processes more than the loops)")
@@ -655,6 +704,9 @@ def main(argv: list[str] | None = None) -> None:
                    else f"CPU ({torch.get_num_threads()} threads)")
     print(f"# device: {device_name}; precision {args.precision}; width {args.width}; "
           f"torch {torch.__version__}, lightning {L.__version__}")
+    if args.parity:
+        check_parity(names, args, device_name)
+        return
     header = ("| model | batch | loop | steps | images/s | ratio vs hand | images/CPU-s "
               "| ratio (CPU time) | peak memory (MiB) |\n"
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
