@@ -35,6 +35,7 @@ growth (``VmHWM`` after resetting it, Linux) on CPU, which includes allocator ca
     python benchmarks/throughput.py --device cpu                      # ~2-3 min, 1 thread
     python benchmarks/throughput.py --device cuda --precision bf16-mixed
     python benchmarks/throughput.py --device cuda --precision 16-mixed --steps 200 --warmup 20
+    python benchmarks/throughput.py --device cpu --parity             # the updates agree?
 """
 
 from __future__ import annotations
