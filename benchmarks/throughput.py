@@ -20,12 +20,22 @@ All are timed the same way: ``--warmup`` steps excluded, CUDA synchronised befor
 clock, images/s = real images consumed (one batch per discriminator step for GANs) / seconds;
 images/CPU-s divides by the process's CPU time instead (robust on a machine shared with other
 jobs, meaningless on CUDA). With ``--repeats N`` the loops alternate N times and the best is kept.
+After the Markdown table, one JSON object per row (model, setup, images/s of the set-up and
+of the hand loop, ratio, ...) is printed on its own line inside an HTML comment: ``grep '^{'``.
+
+The hand loops are also the reference implementation of each model's update (Algorithm 1 with
+``k = n_critic`` for the GANs, the ELBO step for the VAE): ``tests/test_parity.py`` trains the
+LightningModule and the hand loop from the same weights on the same batches with the same noise
+and checks that the weights agree (``train_with_lightning``, ``train_by_hand``); each hand loop's
+docstring names where the suite deliberately differs from a common hand-written loop.
+
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA and the process's peak resident set
 growth (``VmHWM`` after resetting it, Linux) on CPU, which includes allocator caching.
 
     python benchmarks/throughput.py --device cpu                      # ~2-3 min, 1 thread
     python benchmarks/throughput.py --device cuda --precision bf16-mixed
     python benchmarks/throughput.py --device cuda --precision 16-mixed --steps 200 --warmup 20
+    python benchmarks/throughput.py --device cpu --parity             # the updates agree?
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import contextlib
 import copy
 import ctypes
 import gc
+import json
 import math
 import os
 import sys
@@ -70,10 +81,13 @@ class Spec:
 
 
 class Amp:
-    """``torch.autocast`` and one ``GradScaler`` shared by all optimizers, like Lightning's."""
+    """``torch.autocast`` and one ``GradScaler`` shared by all optimizers, like Lightning's.
 
-    def __init__(self, device: str, precision: str) -> None:
-        self.device = device
+    ``cache=False`` turns off autocast's cache of low-precision weight copies, as Lightning's
+    precision plugin does (``cache_enabled=False``)."""
+
+    def __init__(self, device: str, precision: str, cache: bool = True) -> None:
+        self.device, self.cache = device, cache
         self.dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
         enabled = precision == "16-mixed"
         self.scaler = torch.amp.GradScaler(device, enabled=enabled) if enabled else None
@@ -81,7 +95,7 @@ class Amp:
     def autocast(self):
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device, dtype=self.dtype)
+        return torch.autocast(self.device, dtype=self.dtype, cache_enabled=self.cache)
 
     def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -94,7 +108,29 @@ class Amp:
             self.scaler.update()
 
 
-def gan_hand_loop(d_loss_fn, g_loss_fn) -> Callable:
+def gan_hand_loop(d_loss_fn, g_loss_fn, reuse_fake: bool = False) -> Callable:
+    """The reference update of the GANs: Goodfellow et al. (2014), Algorithm 1, with
+    ``k = n_critic`` (Gulrajani et al. 2017, Algorithm 1, for WGAN-GP), one batch per
+    discriminator step. ``tests/test_parity.py`` checks that the suite's LightningModules make
+    exactly these updates.
+
+    Per batch ``x`` (one "iteration" of the inner loop of Algorithm 1):
+
+    1. draw ``z ~ N(0, I)`` and generate ``G(z)`` without a graph (G's batch-norm statistics
+       are those of this batch, and its running averages move, as in every DCGAN
+       implementation);
+    2. one Adam step of D on ``d_loss_fn`` (real and fake pass through D separately, so D's
+       batch norm sees one batch of each kind);
+    3. every ``n_critic``-th batch, one Adam step of G on ``g_loss_fn(D(G(z')))`` with
+       **fresh** noise ``z'``, D frozen (``requires_grad`` off) but in training mode.
+
+    Where the suite deliberately differs from a common hand-written loop: step 3 draws fresh
+    noise, as Algorithm 1 does ("sample minibatch of m noise samples" again for the generator
+    update), whereas PyTorch's DCGAN example reuses the discriminator step's fake batch (one G
+    forward per iteration instead of two; G's running batch-norm averages move once).
+    ``reuse_fake=True`` is that variant (for ``n_critic = 1``): it is *not* what the suite does,
+    and the parity test checks that it gives different weights.
+    """
     def make(module, amp: Amp):
         G, D, hp = module.generator, module.discriminator, module.hparams
         opt_g = torch.optim.Adam(G.parameters(), lr=hp.lr_g, betas=tuple(hp.betas))
@@ -103,19 +139,27 @@ def gan_hand_loop(d_loss_fn, g_loss_fn) -> Callable:
 
         def step(real: torch.Tensor) -> None:
             z = torch.randn(real.shape[0], hp.latent_dim, device=real.device)
-            with torch.no_grad(), amp.autocast():
-                fake = G(z)
+            if reuse_fake:  # PyTorch's DCGAN example: keep G's graph for the G step
+                with amp.autocast():
+                    fake_with_graph = G(z)
+                fake = fake_with_graph.detach()
+            else:
+                with torch.no_grad(), amp.autocast():
+                    fake = G(z)
             G.requires_grad_(False)
             with amp.autocast():
-                d_loss = d_loss_fn(D, real, fake, amp)
+                d_loss = d_loss_fn(D, real, fake, amp, hp)
             amp.step(d_loss, opt_d)
             G.requires_grad_(True)
             state["d_steps"] += 1
             if state["d_steps"] % hp.n_critic == 0:
                 D.requires_grad_(False)
-                z = torch.randn(real.shape[0], hp.latent_dim, device=real.device)
                 with amp.autocast():
-                    g_loss = g_loss_fn(D(G(z)))
+                    if reuse_fake:
+                        g_loss = g_loss_fn(D(fake_with_graph))
+                    else:  # the suite and Algorithm 1: fresh noise for the generator step
+                        z = torch.randn(real.shape[0], hp.latent_dim, device=real.device)
+                        g_loss = g_loss_fn(D(G(z)))
                 amp.step(g_loss, opt_g)
                 D.requires_grad_(True)
 
@@ -123,40 +167,49 @@ def gan_hand_loop(d_loss_fn, g_loss_fn) -> Callable:
     return make
 
 
-def dcgan_d_loss(D, real, fake, amp):
+def dcgan_d_loss(D, real, fake, amp, hp=None):
+    """``-log D(x) - log(1 - D(G(z)))`` on logits, real and fake through D separately."""
     return losses.gan_discriminator_loss(D(real), D(fake))
 
 
-def wgan_gp_d_loss(D, real, fake, amp, gp_weight: float = 10.0):
-    alpha = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
-    x_hat = losses.interpolate(real, fake.to(real.dtype), alpha).requires_grad_(True)
-    out = D(x_hat).float().sum()
-    # PyTorch's AMP recipe for gradient penalties: scale the outputs, unscale the gradients.
-    if amp.scaler is not None:
-        (grads,) = torch.autograd.grad(amp.scaler.scale(out), x_hat, create_graph=True)
-        grads = grads.float() / amp.scaler._get_scale_async()  # device tensor: no host sync
-    else:
-        (grads,) = torch.autograd.grad(out, x_hat, create_graph=True)
-        grads = grads.float()
-    return (losses.wasserstein_critic_loss(D(real), D(fake))
-            + gp_weight * losses.gradient_penalty(grads))
-
-
-def pggan_d_loss(D, real, fake, amp, gp_weight: float = 10.0, eps_drift: float = 0.001):
-    """WGAN-GP plus the drift term ``eps_drift * E[D(x)^2]`` (Karras et al. 2018, App. A.1)."""
-    alpha = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
-    x_hat = losses.interpolate(real, fake.to(real.dtype), alpha).requires_grad_(True)
+def _input_gradients(D, x_hat: torch.Tensor, amp: Amp) -> torch.Tensor:
+    """``d sum D(x_hat) / d x_hat`` with a graph, float32. PyTorch's AMP recipe for gradient
+    penalties: scale the outputs, unscale the gradients (a device tensor: no host sync)."""
     out = D(x_hat).float().sum()
     if amp.scaler is not None:
         (grads,) = torch.autograd.grad(amp.scaler.scale(out), x_hat, create_graph=True)
-        grads = grads.float() / amp.scaler._get_scale_async()
-    else:
-        (grads,) = torch.autograd.grad(out, x_hat, create_graph=True)
-        grads = grads.float()
+        return grads.float() / amp.scaler._get_scale_async()
+    (grads,) = torch.autograd.grad(out, x_hat, create_graph=True)
+    return grads.float()
+
+
+def wgan_gp_d_loss(D, real, fake, amp, hp=None):
+    """``D(G(z)) - D(x) + lambda (||grad D(x_hat)||_2 - 1)^2`` batch-averaged, with
+    ``x_hat = alpha x + (1 - alpha) G(z)``, ``alpha ~ U[0, 1]`` per sample (Gulrajani et al.
+    2017, Algorithm 1, lines 4-8); ``lambda`` is the model's ``gp_weight`` (10).
+
+    The terms are computed in the suite's order (D on real, on fake, then the penalty): the
+    sum is the same either way, but float32 rounds it differently, and Adam amplifies rounding
+    in gradients near its ``eps`` (PGGAN's equalised-learning-rate weights) to about one
+    learning rate within a few steps; in this order the parity check agrees to the bit."""
+    gp_weight = getattr(hp, "gp_weight", 10.0)
+    wasserstein = losses.wasserstein_critic_loss(D(real), D(fake))
+    alpha = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
+    x_hat = losses.interpolate(real, fake.to(real.dtype), alpha).requires_grad_(True)
+    return wasserstein + gp_weight * losses.gradient_penalty(_input_gradients(D, x_hat, amp))
+
+
+def pggan_d_loss(D, real, fake, amp, hp=None):
+    """WGAN-GP plus the drift term ``eps_drift * E[D(x)^2]`` (Karras et al. 2018, App. A.1),
+    with the model's ``gp_weight`` (10) and ``eps_drift`` (0.001); the suite's order, as
+    :func:`wgan_gp_d_loss`."""
+    gp_weight, eps_drift = getattr(hp, "gp_weight", 10.0), getattr(hp, "eps_drift", 0.001)
     real_scores = D(real)
-    return (losses.wasserstein_critic_loss(real_scores, D(fake))
-            + gp_weight * losses.gradient_penalty(grads)
-            + eps_drift * losses.epsilon_drift_penalty(real_scores))
+    wasserstein = losses.wasserstein_critic_loss(real_scores, D(fake))
+    alpha = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
+    x_hat = losses.interpolate(real, fake.to(real.dtype), alpha).requires_grad_(True)
+    gp = losses.gradient_penalty(_input_gradients(D, x_hat, amp))
+    return wasserstein + gp_weight * gp + eps_drift * losses.epsilon_drift_penalty(real_scores)
 
 
 def pggan_full_resolution(width: int) -> PGGAN:
@@ -169,6 +222,15 @@ def pggan_full_resolution(width: int) -> PGGAN:
 
 
 def vae_hand_loop(module, amp: Amp):
+    """The reference update of the VAE: one Adam step on the negative ELBO of Kingma & Welling
+    (2014), Eq. 10, with one reparameterised sample ``z = mu + sigma * eps`` per image and the
+    analytic Gaussian KL, batch-averaged, ``beta`` weighting the KL (Higgins et al. 2017).
+
+    Where the suite deliberately differs from the textbook step: the encoder's ``log sigma^2``
+    is clamped to [-30, 20] (``exp`` cannot overflow; inactive in normal training), and the
+    Bernoulli likelihood is evaluated on grey levels in [0, 1] rather than on binarised pixels
+    (the usual practice on MNIST; binarised data is a DataModule option).
+    """
     enc, dec, hp = module.encoder, module.decoder, module.hparams
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=hp.lr)
 
@@ -177,7 +239,10 @@ def vae_hand_loop(module, amp: Amp):
             mu, logvar = enc(x).chunk(2, dim=1)
             logvar = logvar.clamp(-30.0, 20.0)
             decoded = dec(losses.reparameterize(mu, logvar))
-            recon = -losses.bernoulli_log_likelihood(decoded, (x + 1) / 2).mean()
+            if hp.likelihood == "gaussian":
+                recon = -losses.gaussian_log_likelihood(decoded, x, hp.gaussian_std).mean()
+            else:
+                recon = -losses.bernoulli_log_likelihood(decoded, (x + 1) / 2).mean()
             loss = recon + hp.beta * losses.gaussian_kl(mu, logvar).mean()
         amp.step(loss, opt)
 
@@ -208,8 +273,11 @@ def stylegan2_hand_loop(module, amp: Amp):
     lr_d, betas_d = losses.lazy_regularization_adam(hp.lr_d, hp.betas, hp.r1_interval)
     opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas_g)
     opt_d = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas_d)
-    ema = [p.detach().clone() for p in G.parameters()]
-    state = {"batches": 0, "pl_mean": torch.zeros((), device=module.device)}
+    # The generator average and the path-length mean live in the module (as in the suite), so
+    # that the parity check covers them; the average's buffers (w_avg) are copied, as in
+    # StyleGAN2's official code.
+    ema = module.generator_ema  # None when ema_decay is 0
+    state = {"batches": 0, "pl_mean": module.pl_mean}
 
     def grad(out: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         total = out.float().sum()
@@ -256,8 +324,12 @@ def stylegan2_hand_loop(module, amp: Amp):
                 loss = hp.pl_weight * penalty * hp.pl_interval + 0 * images.float().mean()
             amp.step(loss, opt_g)
         D.requires_grad_(True)
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in G.parameters()], 1 - hp.ema_decay)
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in G.parameters()],
+                                     1 - hp.ema_decay)
+                for b_ema, b in zip(ema.buffers(), G.buffers(), strict=True):
+                    b_ema.copy_(b)
         state["batches"] += 1
 
     return step
@@ -271,7 +343,7 @@ def biggan_hand_loop(module, amp: Amp):
     opt_g = torch.optim.Adam(G.parameters(), lr=hp.lr_g, betas=tuple(hp.betas))
     opt_d = torch.optim.Adam(D.parameters(), lr=hp.lr_d, betas=tuple(hp.betas))
     ortho = [p for n, p in G.named_parameters() if p.dim() >= 2 and not n.startswith("shared.")]
-    ema = copy.deepcopy(G).requires_grad_(False) if hp.ema_decay > 0 else None
+    ema = module.generator_ema if hp.ema_decay > 0 else None  # the module's, as in the suite
     state = {"d_steps": 0, "y": None}
 
     def step(real: torch.Tensor) -> None:
@@ -341,6 +413,74 @@ SPECS: dict[str, Spec] = {
                                            n_critic=4, ema_decay=0.9999)),
                    biggan_hand_loop, n_critic=4, cpu_batch=32, cpu_steps=8),
 }
+
+
+# ----------------------------------------------------------------------------------------------
+# Parity: the hand loops above are the reference updates; tests/test_parity.py trains a
+# LightningModule with ``train_with_lightning`` and an equal copy with ``train_by_hand`` on the
+# same batches from the same global seed (so the same noise), and compares the weights.
+class Batches:
+    """Batches in order, as a loader Lightning accepts (a plain list would be read as a list of
+    loaders). Iterating it draws no random numbers, unlike a DataLoader's base seed."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def train_by_hand(hand, module: L.LightningModule, batches: list[torch.Tensor],
+                  precision: str = "32-true", seed: int = 0,
+                  autocast_whole_step: bool = False) -> L.LightningModule:
+    """``len(batches)`` steps of the reference update ``hand`` (a ``Spec.hand``) on ``module``.
+
+    ``autocast_whole_step``: run each step, backward passes and optimizer steps included, in
+    one autocast region without the weight cache. That is where Lightning's manual
+    optimisation runs them (``manual_backward`` and ``opt.step()`` are called inside
+    ``training_step``, which the precision plugin wraps in ``torch.autocast(...,
+    cache_enabled=False)``). The update is the same; the backward pass rounds differently
+    under autocast (~1e-10 after one step), which bf16 then amplifies to ~1 learning rate.
+    """
+    device = batches[0].device.type
+    module.train()
+    amp = Amp(device, precision, cache=not autocast_whole_step)
+    step = hand(module, amp)
+    torch.manual_seed(seed)
+    for batch in batches:
+        with amp.autocast() if autocast_whole_step else contextlib.nullcontext():
+            step(batch)
+    return module
+
+
+def train_with_lightning(module: L.LightningModule, batches: list[torch.Tensor],
+                         precision: str = "32-true", seed: int = 0,
+                         root: Path | None = None) -> L.LightningModule:
+    """``len(batches)`` training steps of ``Trainer.fit`` (batches ``(x, label 0)``, as the
+    DataModules yield), seeded like :func:`train_by_hand` just before the first step."""
+    trainer = L.Trainer(
+        accelerator=batches[0].device.type, devices=1, precision=precision, max_epochs=1,
+        logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=root,
+    )
+    labels = torch.zeros(batches[0].shape[0], dtype=torch.long, device=batches[0].device)
+    torch.manual_seed(seed)
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.fit(module, train_dataloaders=Batches([(b, labels) for b in batches]))
+    return module
+
+
+def weight_differences(a: torch.nn.Module, b: torch.nn.Module) -> dict[str, float]:
+    """Largest absolute difference per floating-point entry of the two state dicts (parameters
+    and buffers: batch-norm running averages count how often each network ran)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    if sa.keys() != sb.keys():
+        raise ValueError(f"different entries: {sorted(sa.keys() ^ sb.keys())}")
+    return {k: (sa[k].float() - sb[k].float()).abs().max().item() if sa[k].is_floating_point()
+            else float(not torch.equal(sa[k], sb[k])) for k in sa}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,6 +607,47 @@ def time_lightning(spec, args, batch, memory, variant: str, workdir: Path):
             memory.peak_mib())
 
 
+def check_parity(names: list[str], args, device_name: str) -> None:
+    """``--parity``: train each model's LightningModule and its hand loop from the same weights
+    on the same batches with the same noise (``args.steps`` batches, whole ``n_critic``
+    iterations) and print the largest difference of any parameter or buffer: a table and one
+    JSON line per model. Under mixed precision the hand loop runs each step in one autocast
+    region, as Lightning's manual optimisation does (see :func:`train_by_hand`)."""
+    print("| model | batch | steps | largest difference | entry | largest change from the start |\n"
+          "| --- | --- | --- | --- | --- | --- |", flush=True)
+    records = []
+    for name in names:
+        spec = SPECS[name]
+        k = spec.n_critic
+        steps = -(-(args.steps or (spec.cpu_steps if args.device == "cpu" else 20)) // k) * k
+        batch_size = args.batch_size or (
+            spec.cpu_batch if args.device == "cpu" and spec.cpu_batch else 128)
+        batches = []
+        for i in range(steps):
+            g = torch.Generator().manual_seed(1 + i)
+            levels = torch.randint(0, 256, (batch_size, *CIFAR), generator=g)
+            batches.append((levels.float() / 127.5 - 1).to(args.device))
+        lightning = spec.build(args.width).to(args.device)
+        by_hand = spec.build(args.width).to(args.device)
+        start = copy.deepcopy(by_hand)
+        train_with_lightning(lightning, batches, args.precision, seed=123)
+        train_by_hand(spec.hand, by_hand, batches, args.precision, seed=123,
+                      autocast_whole_step=not lightning.automatic_optimization)
+        diffs = weight_differences(lightning, by_hand)
+        worst = max(diffs, key=diffs.get)
+        moved = max(weight_differences(lightning, start).values())
+        print(f"| {name} | {batch_size} | {steps} | {diffs[worst]:.3g} | {worst} | {moved:.3g} |",
+              flush=True)
+        records.append({"model": name, "check": "parity", "device": device_name,
+                        "precision": args.precision, "width": args.width,
+                        "batch": batch_size, "steps": steps, "max_abs_difference": diffs[worst],
+                        "entry": worst, "max_change_from_start": moved})
+    print("\n<!-- throughput.py --parity rows as JSON lines")
+    for record in records:
+        print(json.dumps(record))
+    print("-->", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if
@@ -493,6 +674,10 @@ def main(argv: list[str] | None = None) -> None:
                              "Performance(train_logging='written'); default: the CLI's progress "
                              "bar and a CSV logger; tqdm: Lightning's own progress bar instead")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--parity", action="store_true",
+                        help="instead of timing, check that each LightningModule makes the same "
+                             "updates as its hand loop (same weights, batches and noise) and "
+                             "print the largest weight difference")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default on CPU: 1; several threads on a shared "
                              "machine measure the other processes more than the loops)")
@@ -520,12 +705,16 @@ def main(argv: list[str] | None = None) -> None:
                    else f"CPU ({torch.get_num_threads()} threads)")
     print(f"# device: {device_name}; precision {args.precision}; width {args.width}; "
           f"torch {torch.__version__}, lightning {L.__version__}")
+    if args.parity:
+        check_parity(names, args, device_name)
+        return
     header = ("| model | batch | loop | steps | images/s | ratio vs hand | images/CPU-s "
               "| ratio (CPU time) | peak memory (MiB) |\n"
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print(header, flush=True)
     memory = PeakMemory(args.device)
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / "lightning-gen-throughput"
+    records: list[dict] = []
     for name in names:
         spec = SPECS[name]
         k = spec.n_critic
@@ -553,6 +742,21 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {name} | {batch_size} | {label} | {run.steps} | {ips:.1f} | "
                   f"{ips / hand_ips:.2f} | "
                   f"{cpu:.1f} | {cpu / hand_cpu:.2f} | {mem:.0f} |", flush=True)
+            records.append({
+                "model": name, "setup": loop, "device": device_name,
+                "precision": args.precision, "width": args.width,
+                "channels_last": args.channels_last, "batch": batch_size, "steps": run.steps,
+                "repeats": args.repeats, "images_per_s": round(ips, 2),
+                "hand_images_per_s": round(hand_ips, 2), "ratio": round(ips / hand_ips, 4),
+                "images_per_cpu_s": round(cpu, 2), "hand_images_per_cpu_s": round(hand_cpu, 2),
+                "ratio_cpu_time": round(cpu / hand_cpu, 4), "peak_memory_mib": round(mem, 1),
+            })
+    # One JSON object per table row, each on its own line (``grep '^{'``), inside an HTML
+    # comment so that the table stays clean where stdout is kept as Markdown.
+    print("\n<!-- throughput.py rows as JSON lines")
+    for record in records:
+        print(json.dumps(record))
+    print("-->", flush=True)
 
 
 if __name__ == "__main__":
