@@ -120,10 +120,28 @@ class CachedImages(Dataset):
         if not -self.n <= index < self.n:
             raise IndexError(index)
         image = self.tensor_steps(np.array(self._images[index]))  # copy: a writable (H, W, C)
+        return image, self._target(index)
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """A DataLoader batch in one read and one conversion (``ToTensor`` [+ ``Normalize``]
+        applied to the whole batch: the same elementwise operations, so the same bytes)."""
+        steps = self.tensor_steps.transforms
+        if not (isinstance(steps[0], T.ToTensor) and len(steps) <= 2 and
+                all(isinstance(t, T.Normalize) for t in steps[1:])):
+            return [self[i] for i in indices]
+        if self._images is None:
+            self._open()
+        batch = torch.from_numpy(self._images[np.asarray(indices, dtype=np.int64)])  # (B, H, W, C)
+        x = batch.permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype()).div(255)
+        if len(steps) == 2:
+            x = steps[1](x)  # Normalize works on (..., C, H, W)
+        return [(x[k], self._target(i)) for k, i in enumerate(indices)]
+
+    def _target(self, index: int):
         target = self._targets[index]
         if self.target_kind == "int":
-            return image, int(target)
-        return image, torch.from_numpy(np.array(target))
+            return int(target)
+        return torch.from_numpy(np.array(target))
 
 
 def cached_dataset(source: Dataset, tensor_steps: T.Compose, cache_root: Path, name: str,

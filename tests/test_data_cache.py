@@ -69,6 +69,10 @@ def test_cached_images_equal_the_uncached_pipeline_to_the_byte(kind, tmp_path, n
                          cache=True))
     for split in plain:
         _assert_same_items(plain[split], cached[split])
+        # DataLoader batches (read through CachedImages.__getitems__) are the same too.
+        for (xa, ya), (xb, yb) in zip(DataLoader(plain[split], batch_size=4),
+                                      DataLoader(cached[split], batch_size=4), strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
     # The stored bytes are the resized/cropped images, before ToTensor/Normalize.
     dm = cls(str(root), image_size=size, download=False)
     pil_steps, _ = cache_mod.split_transform(dm.transform())
