@@ -29,6 +29,7 @@ To add a DataModule, append a ``Case`` to ``CASES``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -109,16 +110,22 @@ def write_data(root: Path, celeba_images: int, mnist_images: int, cifar_per_batc
     return info
 
 
-def files_exist_only() -> None:
-    """The written files are format-true but not the published ones: check existence only."""
+@contextlib.contextmanager
+def files_exist_only():
+    """The written files are format-true but not the published ones: torchvision checks only
+    that they exist (restored on exit)."""
     import torchvision.datasets.celeba as celeba
     import torchvision.datasets.cifar as cifar
 
     def exists(fpath, md5=None):
         return os.path.isfile(fpath)
 
-    cifar.check_integrity = exists
-    celeba.check_integrity = exists
+    saved = cifar.check_integrity, celeba.check_integrity
+    cifar.check_integrity = celeba.check_integrity = exists
+    try:
+        yield
+    finally:
+        cifar.check_integrity, celeba.check_integrity = saved
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,25 +228,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     root = args.data_dir or Path(tempfile.mkdtemp(prefix="lightning-gen-data-bench-"))
     root.mkdir(parents=True, exist_ok=True)
-    files_exist_only()
     try:
-        info = write_data(root, args.celeba_images, args.mnist_images, args.cifar_per_batch)
-        print(f"# files written in {info['write_s']:.1f} s to {root}; CelebA JPEGs 178x218, "
-              f"mean {info['celeba_jpeg_kb']:.1f} KB; {os.cpu_count()} CPUs; torch "
-              f"{torch.__version__}; load average {os.getloadavg()[0]:.1f}", flush=True)
-        rows = []
-        for case in cases:
-            folder = root / case.folder
-            shutil.rmtree(folder / "lightning_gen_cache", ignore_errors=True)
-            for cached in (False, True):
-                rows += measure(case, folder, cached, args.workers, args.batch_size, args.seconds)
+        with files_exist_only():
+            info = write_data(root, args.celeba_images, args.mnist_images, args.cifar_per_batch)
+            print(f"# files written in {info['write_s']:.1f} s to {root}; CelebA JPEGs 178x218, "
+                  f"mean {info['celeba_jpeg_kb']:.1f} KB; {os.cpu_count()} CPUs; torch "
+                  f"{torch.__version__}; load average {os.getloadavg()[0]:.1f}", flush=True)
+            rows = []
+            for case in cases:
+                folder = root / case.folder
+                shutil.rmtree(folder / "lightning_gen_cache", ignore_errors=True)
+                for cached in (False, True):
+                    rows += measure(case, folder, cached, args.workers, args.batch_size,
+                                    args.seconds)
         print(f"# load average at the end {os.getloadavg()[0]:.1f}")
         print(table(rows, args.workers))
         return rows
     finally:
         if args.data_dir is None and not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()
