@@ -174,8 +174,13 @@ def build_entry(source: Dataset, entry: Path, shape: tuple[int, int, int],
     """Write ``entry`` once: under an exclusive lock, into a temporary folder renamed at the end.
     A process that finds the lock taken waits, then uses the entry the holder wrote."""
     root = entry.parent
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{entry.name}.lock", "a+") as lock:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / f"{entry.name}.lock", "a+")  # noqa: SIM115 - closed by the with below
+    except OSError as err:  # a read-only dataset folder
+        raise CacheError(f"cannot write the image cache in {root} ({type(err).__name__}: {err});"
+                         " make the data folder writable or drop --data.cache") from err
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # DDP ranks / concurrent runs wait here
         try:
             if entry_is_valid(entry, len(source), shape):

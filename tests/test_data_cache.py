@@ -259,3 +259,12 @@ def test_the_data_benchmark_reports_every_datamodule_raw_and_cached(capsys, tmp_
                    if line.startswith("| ") and line.split("|")[1].strip() in cases]
     assert table_modes == ["raw", "cached"] * len(cases)
     assert cifar.check_integrity is check
+
+
+def test_a_read_only_data_folder_is_a_clear_error(celeba, monkeypatch):
+    def read_only(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(ValueError, match="make the data folder writable or drop --data.cache"):
+        CelebADataModule(str(celeba), download=False, cache=True)._load("test", False)
