@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_session.sh fp16 OUT   # throughput.py --precision 16-mixed
 #   bash benchmarks/gpu_session.sh bf16 OUT   # throughput.py bf16-mixed (+ channels-last), metrics.py
 #   bash benchmarks/gpu_session.sh amp OUT    # amp_check.py: every experiment under 16-mixed
+#   bash benchmarks/gpu_session.sh data OUT   # data.py: DataModule images/s, raw and cached
 #
 # Run from the repository root on a CUDA machine. Results land in OUT (markdown tables and
 # logs). Python packages the machine lacks can travel as wheels in .whl/ (benchmarks/README.md,
@@ -14,8 +15,8 @@
 # GPU_SESSION_DRY_RUN=1 runs the same steps on the CPU at toy sizes (bf16-mixed for 16-mixed,
 # two experiments), so the script itself is tested without a GPU (tests/test_benchmarks.py).
 set -uo pipefail
-part=${1:?usage: gpu_session.sh fp16|bf16|amp OUT}
-out=${2:?usage: gpu_session.sh fp16|bf16|amp OUT}
+part=${1:?usage: gpu_session.sh fp16|bf16|amp|data OUT}
+out=${2:?usage: gpu_session.sh fp16|bf16|amp|data OUT}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python=${PYTHON:-python3}
@@ -31,6 +32,7 @@ if [ "${GPU_SESSION_DRY_RUN:-0}" = 1 ]; then
   metrics=(--device cpu --num_images 4 --batch_size 4 --repeats 1)
   amp=(--precision bf16-mixed --accelerator cpu --steps 4 --batch_size 8 --jobs 1
        --experiments dcgan_mnist,cyclegan_mnist_inverted)
+  data=(--workers 1 --seconds 0.2 --celeba-images 40 --mnist-images 300 --cifar-per-batch 40)
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
     2>&1 | tee "$out/env.txt"
@@ -38,6 +40,7 @@ else
   fp16=16-mixed
   metrics=(--device cuda)
   amp=(--precision 16-mixed --steps 300 --jobs 4)
+  cores=$(nproc); data=(--workers $((cores < 8 ? cores : 8)) --seconds 5 --celeba-images 20000)
 fi
 "$python" -c "import torch, lightning; print('torch', torch.__version__, '| cuda', torch.version.cuda,
 '| lightning', lightning.__version__, '|', torch.cuda.get_device_name() if torch.cuda.is_available()
@@ -70,6 +73,9 @@ case "$part" in
       fi
     done
     ;;
-  *) echo "unknown part $part (fp16|bf16|amp)"; exit 2 ;;
+  data)
+    "$python" benchmarks/data.py "${data[@]}" 2>"$out/data.log" | tee "$out/data.md" || status=1
+    ;;
+  *) echo "unknown part $part (fp16|bf16|amp|data)"; exit 2 ;;
 esac
 exit $status

@@ -15,6 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, random_split
 from torchvision import transforms as T
 
+from datamodules.cache import CacheError, cached_dataset, files_fingerprint, split_transform
+
 
 class DatasetNotFoundError(FileNotFoundError):
     """Raised when a dataset's files are missing and cannot be downloaded.
@@ -145,6 +147,10 @@ class ImageDataModule(L.LightningDataModule):
             each time a training image is read, validation/test images are binarized
             statically; ``"static"`` binarizes every split once, seeded by the image's index
             (:class:`BinarizedDataset`); ``"none"`` keeps the grey levels.
+        cache: Decode each split once into a uint8 array of ``image_size`` images beside the
+            data (``data_dir/lightning_gen_cache/``, memory-mapped; see
+            :mod:`datamodules.cache`), and read that in every later epoch and run. Costs
+            ``N x image_size^2 x channels`` bytes of disk (CelebA 64x64: ~2.5 GB).
     """
 
     name: str = "dataset"
@@ -174,6 +180,7 @@ class ImageDataModule(L.LightningDataModule):
         download: bool = True,
         skip_corrupt: bool = False,
         binarize: Literal["none", "dynamic", "static"] = "none",
+        cache: bool = False,
     ) -> None:
         super().__init__()
         if binarize not in ("none", "dynamic", "static"):
@@ -198,6 +205,7 @@ class ImageDataModule(L.LightningDataModule):
         self.download = download
         self.skip_corrupt = skip_corrupt
         self.binarize = binarize
+        self.cache = cache
         self._static_only = False  # set while the dynamic data's static validation copy loads
         self._corrupt_files: list[CorruptFiles] = []
         self.train_set: Dataset | None = None
@@ -332,10 +340,13 @@ class ImageDataModule(L.LightningDataModule):
         root = Path(self.data_dir)
         existed = _existing_dirs(root)
         try:
-            dataset = self.make_dataset(split, self.transform(), download)
+            if self.cache:
+                dataset = self._cached_dataset(split, download)
+            else:
+                dataset = self.make_dataset(split, self.transform(), download)
             mode = self.binarization(split)
             return dataset if mode == "none" else BinarizedDataset(dataset, mode, split)
-        except (DatasetNotFoundError, CorruptDataError):
+        except (DatasetNotFoundError, CorruptDataError, CacheError):
             _remove_new_dirs(root, existed)
             raise
         except Exception as err:  # URLError is an OSError; a truncated pickle an UnpicklingError
@@ -353,6 +364,15 @@ class ImageDataModule(L.LightningDataModule):
             if not isinstance(err, (RuntimeError, OSError, ValueError)):
                 raise
             raise DatasetNotFoundError(self._missing_message(err)) from err
+
+    def _cached_dataset(self, split: str, download: bool) -> Dataset:
+        """``split`` read from its decoded-image cache, built first when missing."""
+        pil_steps, tensor_steps = split_transform(self.transform())
+        source = self.make_dataset(split, pil_steps, download)
+        return cached_dataset(
+            source, tensor_steps, Path(self.data_dir) / "lightning_gen_cache", self.name, split,
+            pil_steps, (self.image_size, self.image_size, self.channels),
+            files_fingerprint(self.data_dir, self.expected_files()), self.num_workers)
 
     def _files_present(self) -> bool:
         expected = [Path(self.data_dir) / f for f in self.expected_files()]

@@ -23,12 +23,14 @@ class MNISTHeldOutDataModule(MNISTDataModule):
                  image_size: int | None = None, batch_size: int = 64, num_workers: int = 0,
                  val_fraction: float = 0.1, seed: int = 0, download: bool = True,
                  skip_corrupt: bool = False,
-                 binarize: Literal["none", "dynamic", "static"] = "none") -> None:
+                 binarize: Literal["none", "dynamic", "static"] = "none",
+                 cache: bool = False) -> None:
         if not 0 <= held_out_class < self.num_classes:
             raise ValueError(f"held_out_class must be in 0..9, got {held_out_class}")
         super().__init__(data_dir=data_dir, image_size=image_size, batch_size=batch_size,
                          num_workers=num_workers, val_fraction=val_fraction, seed=seed,
-                         download=download, skip_corrupt=skip_corrupt, binarize=binarize)
+                         download=download, skip_corrupt=skip_corrupt, binarize=binarize,
+                         cache=cache)
         self.held_out_class = held_out_class
 
     def _load(self, split: str, download: bool) -> Dataset:

@@ -64,10 +64,10 @@ class CelebAUnpairedDataModule(CelebADataModule):
     def __init__(self, attribute: str = "Smiling", invert_attribute: bool = False,
                  data_dir: str = "data", image_size: int | None = None, batch_size: int = 1,
                  num_workers: int = 0, val_fraction: float = 0.1, seed: int = 0,
-                 download: bool = True, skip_corrupt: bool = False) -> None:
+                 download: bool = True, skip_corrupt: bool = False, cache: bool = False) -> None:
         super().__init__(data_dir=data_dir, image_size=image_size, batch_size=batch_size,
                          num_workers=num_workers, val_fraction=val_fraction, seed=seed,
-                         download=download, skip_corrupt=skip_corrupt)
+                         download=download, skip_corrupt=skip_corrupt, cache=cache)
         self.attribute_idx = self.attribute_index(attribute)
         self.invert_attribute = invert_attribute
 
