@@ -349,6 +349,9 @@ def evaluate(
             started = time.perf_counter()
             model, datamodule = load_run(str(ckpt.path), run_config, data_dir, trust_checkpoint)
             if getattr(model, "paired_eval", None) is not None:  # image-to-image: PSNR/SSIM/...
+                _check_paired_options(model, parzen=parzen, neighbours=neighbours,
+                                      mode_coverage=mode_coverage, seeds=seeds,
+                                      reference=reference)
                 result = _evaluate_paired(model, datamodule, feature_extractor, weights_path,
                                           trust_checkpoint, lpips_weights, lpips_net,
                                           num_samples, batch_size, seed, fabric,
@@ -439,6 +442,21 @@ def _evaluate_model(model, datamodule, evaluator, ckpt_path, feature_extractor, 
     elif hasattr(model, "nll"):  # autoregressive (PixelCNN): the exact test NLL
         result.update(nll_metrics(model, datamodule, "test", batch_size, fabric.device, progress))
     return result
+
+
+def _check_paired_options(model, *, parzen: bool, neighbours: int, mode_coverage: bool,
+                          seeds: int, reference: str) -> None:
+    """Refuse, in one line, the sampling-only options a paired model cannot honour (it is scored
+    on the test pairs, not by sampling), instead of ignoring them."""
+    given = [flag for flag, on in (("--parzen", parzen), (f"--neighbours {neighbours}", neighbours),
+                                   ("--mode_coverage", mode_coverage),
+                                   (f"--seeds {seeds}", seeds > 1),
+                                   (f"--reference {reference}", reference not in ("train", "test")))
+             if on]
+    if given:
+        raise ValueError(f"{', '.join(given)}: not available for {type(model).__name__}, an "
+                         "image-to-image model scored on the test pairs (PSNR, SSIM, LPIPS); "
+                         "drop these options")
 
 
 def _evaluate_paired(model, datamodule, feature_extractor, weights_path, trust_checkpoint,

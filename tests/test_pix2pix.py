@@ -237,3 +237,45 @@ def test_celeba_yaml_fits_under_bf16_mixed(celeba_dir):
     assert set(losses) >= {"train/g_loss", "train/d_loss"}
     assert all(np.isfinite(v) for v in losses.values())
     assert cli.model.sample(2).dtype == torch.float32
+
+
+def test_evaluate_reports_rgb_psnr_ssim_lpips_and_fid_of_outputs_vs_targets(cifar10_dir, tmp_path,
+                                                                           capsys):
+    import json
+    import math
+
+    from lightning_gen.evaluate import main
+    from lightning_gen.metrics.paired import psnr_ssim
+    from tests.metrics_helpers import classifier_checkpoint
+
+    cli = fit_yaml("pix2pix_colorization_cifar10.yaml", cifar10_dir, *TINY,
+                   "--model.init_args.inference", "eval", steps=2)  # eval: deterministic
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    clf = classifier_checkpoint(tmp_path / "clf.ckpt", image_shape=(3, 32, 32))
+    out = tmp_path / "eval.json"
+    main(["evaluate", "--ckpt_path", ckpt, "--num_samples", "12", "--batch_size", "8",
+          "--lpips_weights", "random", "--data_dir", str(cifar10_dir), "--accelerator", "cpu",
+          "--feature_extractor", f"classifier:{clf}", "--progress", "false", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["num_pairs"] == 12 and result["reference"]["split"] == "test"
+    assert "on RGB, 0 border px cropped" in result["paired_protocol"]
+    assert all(math.isfinite(result[k]) for k in ("psnr", "ssim", "lpips", "fid"))
+    pairs = [load_split(cli.datamodule, "test")[i] for i in range(12)]
+    source, target = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    with torch.no_grad():
+        output = cli.model.eval().translate(source)
+    psnr, ssim = psnr_ssim(output, target, y_channel=False, crop_border=0)
+    assert abs(result["psnr"] - float(psnr.mean())) < 1e-3
+    assert abs(result["ssim"] - float(ssim.mean())) < 1e-4
+
+    # Sampling-only options are refused in one line, not silently ignored.
+    from lightning_gen.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["evaluate", "--ckpt_path", ckpt, "--num_samples", "12", "--seeds", "3",
+              "--parzen", "true", "--data_dir", str(cifar10_dir), "--accelerator", "cpu",
+              "--progress", "false", "--out", str(tmp_path / "refused.json")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lightning-gen: error: --parzen, --seeds 3: not available for Pix2Pix")
+    assert "\n" not in err and not (tmp_path / "refused.json").exists()
