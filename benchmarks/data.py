@@ -48,9 +48,13 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from datamodules import (  # noqa: E402
+    CelebAColorizationDataModule,
     CelebADataModule,
+    CelebASuperResDataModule,
     CelebAUnpairedDataModule,
+    CIFAR10ColorizationDataModule,
     CIFAR10DataModule,
+    CIFAR10SuperResDataModule,
     DigitsDataModule,
     MNISTDataModule,
     MNISTInvertedDataModule,
@@ -76,6 +80,15 @@ CASES = [
     Case("mnist_inverted_unpaired", "mnist",
          lambda d, **kw: MNISTInvertedDataModule(d, download=False, **kw), 2),
     Case("digits32", "digits", lambda d, **kw: DigitsDataModule(d, **kw)),
+    Case("cifar10_superres_x4", "cifar10",
+         lambda d, **kw: CIFAR10SuperResDataModule(data_dir=d, download=False, **kw)),
+    Case("celeba128_superres_x4", "celeba",
+         lambda d, **kw: CelebASuperResDataModule(data_dir=d, image_size=128, download=False,
+                                                  **kw)),
+    Case("cifar10_colorization", "cifar10",
+         lambda d, **kw: CIFAR10ColorizationDataModule(d, download=False, **kw)),
+    Case("celeba64_colorization", "celeba",
+         lambda d, **kw: CelebAColorizationDataModule(d, download=False, **kw)),
 ]
 
 

@@ -86,10 +86,10 @@ class CIFAR10SuperResDataModule(SuperResolutionMixin, CIFAR10DataModule):
     def __init__(self, scale_factor: int = 4, data_dir: str = "data",
                  image_size: int | None = None, batch_size: int = 16, num_workers: int = 0,
                  val_fraction: float = 0.1, seed: int = 0, download: bool = True,
-                 skip_corrupt: bool = False) -> None:
+                 skip_corrupt: bool = False, cache: bool = False) -> None:
         super().__init__(data_dir=data_dir, image_size=image_size, batch_size=batch_size,
                          num_workers=num_workers, val_fraction=val_fraction, seed=seed,
-                         download=download, skip_corrupt=skip_corrupt)
+                         download=download, skip_corrupt=skip_corrupt, cache=cache)
         self._init_superres(scale_factor)
 
 
@@ -106,9 +106,9 @@ class CelebASuperResDataModule(SuperResolutionMixin, CelebADataModule):
     def __init__(self, scale_factor: int = 4, data_dir: str = "data",
                  image_size: int | None = None, batch_size: int = 16, num_workers: int = 0,
                  val_fraction: float = 0.1, seed: int = 0, download: bool = True,
-                 skip_corrupt: bool = False) -> None:
+                 skip_corrupt: bool = False, cache: bool = False) -> None:
         super().__init__(data_dir=data_dir, image_size=image_size, batch_size=batch_size,
                          num_workers=num_workers, val_fraction=val_fraction, seed=seed,
-                         download=download, skip_corrupt=skip_corrupt)
+                         download=download, skip_corrupt=skip_corrupt, cache=cache)
         self._init_superres(scale_factor)
 

@@ -140,6 +140,26 @@ def test_the_unpaired_wrapper_reads_attributes_through_the_cache(celeba):
             assert all(torch.equal(u, v) for u, v in zip(a[i], b[i], strict=True))
 
 
+
+@pytest.mark.parametrize("paired", ["superres", "colorization"])
+def test_the_paired_wrappers_read_their_pairs_through_the_cache(paired, tmp_path, no_md5):
+    from datamodules import CIFAR10ColorizationDataModule, CIFAR10SuperResDataModule
+
+    root = str(fakedata.write_cifar10(tmp_path / "d", 4))
+
+    def make(**kw):
+        if paired == "superres":
+            return CIFAR10SuperResDataModule(data_dir=root, download=False, **kw)
+        return CIFAR10ColorizationDataModule(root, download=False, **kw)
+
+    plain, cached = _splits(make()), _splits(make(cache=True))
+    assert _entries(Path(root))  # the cache was written and is what the pairs come from
+    for split in plain:
+        a, b = plain[split], cached[split]
+        assert len(a) == len(b) > 0
+        for i in range(len(a)):
+            assert all(torch.equal(u, v) for u, v in zip(a[i], b[i], strict=True)), i
+
 def _build_and_die(data_dir: str) -> None:
     """Child process: start building the train entry, SIGKILL itself after the first batch."""
     real = cache_mod.decoded_batches
