@@ -7,6 +7,8 @@ times, step by step, and reports the median milliseconds per step (robust on a l
 * ``minimal``: a minimal LightningModule whose ``training_step`` calls that same hand step
   (manual optimisation, its own optimizers, nothing logged): what Lightning's own loop costs
   (batch fetch and transfer, hooks, progress tracking) and nothing of ours;
+* ``minimal +log``: the same, calling ``self.log`` once per step (one tensor, in the progress
+  bar's metrics, as the suite logs a loss): what one ``self.log`` call costs in Lightning;
 * ``minimal-auto`` (single-objective models): a minimal LightningModule with automatic
   optimisation (``training_step`` returns the hand loop's loss; Lightning's closure, zero_grad,
   backward and step): what Lightning's automatic optimisation costs;
@@ -14,7 +16,9 @@ times, step by step, and reports the median milliseconds per step (robust on a l
   ``throughput.py`` (no progress bar, logger, checkpointing, model summary);
 * ``suite -logging``: the same with ``train_logging="written"`` (no ``self.log`` between the
   steps Lightning writes logs);
-* ``suite -guard``: the same with the non-finite-loss guard switched off.
+* ``suite -guard``: the same with the non-finite-loss guard switched off;
+* ``suite default``: the ``default`` set-up of ``throughput.py`` (what the CLI sets up): the
+  suite's progress bar and a CSV logger.
 
 The step period is measured from one ``on_train_batch_start`` to the next (Lightning) or around
 each call (hand), so everything between two steps counts. Loops alternate ``--repeats`` times.
@@ -46,11 +50,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning as L  # noqa: E402
 import throughput as tp  # noqa: E402
 import torch  # noqa: E402
+from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+
+from lightning_gen.callbacks import ProgressBar  # noqa: E402
 
 #: The clock (``--clock``): wall time, or the process's CPU time (on CPU with one thread, robust
 #: to other jobs on a shared machine).
 CLOCK = time.perf_counter
-LOOPS = ["hand", "minimal", "minimal-auto", "suite", "suite -logging", "suite -guard"]
+LOOPS = ["hand", "minimal", "minimal +log", "minimal-auto", "suite", "suite -logging", "suite -guard",
+         "suite default"]
 
 
 class _Periods(L.Callback):
@@ -70,14 +78,18 @@ class _Periods(L.Callback):
 class _Minimal(L.LightningModule):
     """Lightning around the hand step and nothing else: manual optimisation, no logging."""
 
-    def __init__(self, module: L.LightningModule, hand) -> None:
+    def __init__(self, module: L.LightningModule, hand, log: bool = False) -> None:
         super().__init__()
         self.net = module
         self.automatic_optimization = False
         self.step_fn = hand(module, tp.Amp("cpu", "32-true"))
+        self.log_each_step = log
+        self.value = torch.zeros(())
 
     def training_step(self, batch, batch_idx):
         self.step_fn(batch[0])
+        if self.log_each_step:
+            self.log("train/loss", self.value, prog_bar=True)
 
     def configure_optimizers(self):
         return None
@@ -123,8 +135,8 @@ def time_hand(spec, args, batch) -> list[float]:
 
 def time_lightning(spec, args, batch, loop: str) -> list[float]:
     module = spec.build(args.width)
-    if loop == "minimal":
-        module = _Minimal(module, spec.hand)
+    if loop in ("minimal", "minimal +log"):
+        module = _Minimal(module, spec.hand, log=loop == "minimal +log")
     elif loop == "minimal-auto":
         module = _MinimalAuto(module)
     elif loop == "suite -logging":
@@ -132,10 +144,12 @@ def time_lightning(spec, args, batch, loop: str) -> list[float]:
     elif loop == "suite -guard":
         _no_guard(module)
     periods = _Periods()
+    default = loop == "suite default"
     trainer = L.Trainer(accelerator=args.device, devices=1, precision=args.precision,
-                        max_epochs=1, logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, enable_model_summary=False,
-                        callbacks=[periods], num_sanity_val_steps=0,
+                        max_epochs=1, logger=CSVLogger(args.workdir) if default else False,
+                        enable_progress_bar=default, enable_checkpointing=False,
+                        enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[periods, *([ProgressBar()] if default else [])],
                         default_root_dir=args.workdir)
     labels = torch.zeros(batch.shape[0], dtype=torch.long, device=batch.device)
     trainer.fit(module, train_dataloaders=tp._Repeat((batch, labels), args.warmup + args.steps))

@@ -180,8 +180,11 @@ class GenerativeModel(L.LightningModule):
         Each ``self.log`` costs ~0.2 ms of Python, which on a fast GPU is time the hand-written
         loop does not spend, so by default (``train_logging = "losses"``) only the losses are
         logged at every step, and every term at the steps Lightning writes logs (what loggers
-        store is the same as with ``"all"``) and at the last step. Values are averaged over DDP
-        ranks in one collective (``sync_dist=True`` would all-reduce each value separately).
+        store is the same as with ``"all"``) and at the last step. With the suite's progress
+        bar, which reads the logged values at most every ``metrics_interval`` seconds, the
+        losses are logged only at the steps it reads them (single process). Values are averaged
+        over DDP ranks in one collective (``sync_dist=True`` would all-reduce each value
+        separately).
         """
         losses = set(losses)
         if self.train_logging == "all" or self.log_every_term_now():
