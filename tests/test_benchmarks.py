@@ -189,7 +189,7 @@ def test_end_to_end_quick_times_the_cli_and_the_plain_script(capsys, tmp_path):
     assert [r["run"] for r in rows] == ["plain", "cli"]
     plain, cli = rows
     assert plain["wall_s"] > plain["loop_s"] > 0
-    assert cli["ratio"] == pytest.approx(cli["wall_s"] / plain["wall_s"], abs=2e-3)
+    assert cli["ratio"] == pytest.approx(cli["wall_s"] / plain["wall_s"], rel=5e-3)  # rounded
     assert f"JSON {json.dumps(cli)}" in capsys.readouterr().out
     assert [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []  # removed
 
