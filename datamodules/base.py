@@ -305,15 +305,16 @@ class ImageDataModule(L.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a loader")
         # Never drop the only batch of a small dataset.
         drop_last = drop_last and len(dataset) >= self.batch_size
+        workers = usable_workers(self.num_workers)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
-            worker_init_fn=_ignore_sigint if self.num_workers > 0 else None,
+            worker_init_fn=_ignore_sigint if workers > 0 else None,
         )
 
     def binarization(self, split: str) -> str:
@@ -390,6 +391,17 @@ class ImageDataModule(L.LightningDataModule):
             f"Expected files:\n{files}\n"
             f"{self.download_hint or 'Run once with network access (download=True), or copy the files there.'}"
         )
+
+
+def usable_workers(num_workers: int) -> int:
+    """``num_workers`` capped at the CPU cores this process may use minus one (the training
+    process keeps a core): on a 2-core machine the experiments' ``num_workers: 2`` ran 3
+    processes on 2 cores, each worker taking time from the training step it was to feed
+    (``benchmarks/end_to_end.py``). ``LIGHTNING_GEN_EXACT_WORKERS=1`` keeps the number given."""
+    if num_workers <= 0 or os.environ.get("LIGHTNING_GEN_EXACT_WORKERS") == "1":
+        return max(0, num_workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(num_workers, max(0, (cores or 1) - 1))
 
 
 def _ignore_sigint(worker_id: int) -> None:

@@ -6,11 +6,14 @@ CPU-sized: width-4 networks, batch 2, a few steps; the figures themselves are no
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,3 +163,99 @@ def test_gpu_session_script_runs_its_steps_in_dry_run_mode(part, tables, tmp_pat
         rows = table_rows((out / "throughput-bf16-mixed.md").read_text())
         assert {r[0] for r in rows} == {"dcgan", "wgan_gp", "vae", "pixelcnn", "pggan",
                                          "stylegan2", "biggan"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 16 items 1 and 2: where the per-step milliseconds go, and the end-to-end comparison
+def test_overhead_times_every_loop_and_prints_machine_readable_rows(capsys):
+    overhead = load("overhead")
+    overhead.main(["--models", "vae", "--width", "4", "--batch-size", "4", "--steps", "3",
+                   "--warmup", "1", "--repeats", "1"])
+    out = capsys.readouterr().out
+    rows = [json.loads(line[5:]) for line in out.splitlines() if line.startswith("JSON ")]
+    assert [r["loop"] for r in rows] == overhead.LOOPS
+    hand = rows[0]["ms_per_step"]
+    for row in rows:
+        assert row["ms_per_step"] > 0
+        assert row["ratio"] == pytest.approx(hand / row["ms_per_step"], rel=1e-3)
+
+
+def test_end_to_end_quick_times_the_cli_and_the_plain_script(capsys, tmp_path):
+    """Both sides run as whole processes on the MNIST files the script writes; the ratio is
+    cli / plain and each breakdown run's figure is relative to the full CLI run."""
+    end_to_end = load("end_to_end")
+    rows = end_to_end.main(["--quick", "--experiments", "vae_mnist", "--breakdown", "none",
+                            "--threads", "1", "--workdir", str(tmp_path)])
+    assert [r["run"] for r in rows] == ["plain", "cli"]
+    plain, cli = rows
+    assert plain["wall_s"] > plain["loop_s"] > 0
+    assert cli["ratio"] == pytest.approx(cli["wall_s"] / plain["wall_s"], rel=5e-3)  # rounded
+    assert f"JSON {json.dumps(cli)}" in capsys.readouterr().out
+    assert [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []  # removed
+
+
+def test_end_to_end_breakdown_switches_exactly_one_part_off():
+    end_to_end = load("end_to_end")
+    config = end_to_end.load_config("dcgan_mnist", quick=False)
+    full = end_to_end.cli_command("dcgan_mnist", config, Path("D"), Path("R"), 2, False, "full")
+    assert full[full.index("--trainer.max_epochs") + 1] == "2"
+    for variant, flags in end_to_end.OFF.items():
+        cmd = end_to_end.cli_command("dcgan_mnist", config, Path("D"), Path("R"), 2, False,
+                                     variant)
+        assert " ".join(flags) in " ".join(cmd)
+        assert ("--trainer.logger.init_args.save_dir" in cmd) == (variant != "-wandb")
+    start = end_to_end.cli_command("dcgan_mnist", config, Path("D"), Path("R"), 2, False,
+                                   "start-up")
+    assert start[start.index("--trainer.max_epochs") + 1] == "0"
+
+
+def _count_loss_logs(bar) -> tuple[list[int], L.Trainer]:
+    from datamodules import DigitsDataModule
+    from lightning_gen.models import DCGAN
+
+    L.seed_everything(0)
+    model = DCGAN((1, 16, 16), latent_dim=8, g_width=8, d_width=8)
+    logged: list[int] = []
+    log = model.log
+
+    def counting_log(name, value, *args, **kwargs):
+        if name == "train/d_loss":
+            logged.append(model.d_steps)
+        return log(name, value, *args, **kwargs)
+
+    model.log = counting_log
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=6, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False,
+                        callbacks=[bar], log_every_n_steps=50)
+    trainer.fit(model, DigitsDataModule(image_size=16, batch_size=8, val_fraction=0.0))
+    return logged, trainer
+
+
+def test_losses_are_logged_only_when_the_suites_progress_bar_reads_them():
+    """``train_logging="losses"`` with the suite's bar: the losses are logged at the steps the
+    bar reads them (the first, then once per ``metrics_interval``) and every term at the last
+    step, not at every step; the bar still shows the last loss. With ``metrics_interval=0``
+    (or Lightning's own bar, or none) they are logged at every step, as before."""
+    from lightning_gen.callbacks import ProgressBar
+
+    slow = ProgressBar(metrics_interval=3600.0)
+    logged, trainer = _count_loss_logs(slow)
+    assert logged == [1, 6]
+    assert slow._metrics["train/d_loss"] == pytest.approx(
+        float(trainer.progress_bar_metrics["train/d_loss"]))
+    every, _ = _count_loss_logs(ProgressBar(metrics_interval=0.0))
+    assert every == [1, 2, 3, 4, 5, 6]
+
+
+def test_dataloader_workers_are_capped_at_the_cores_minus_one(monkeypatch):
+    from datamodules.base import usable_workers
+
+    monkeypatch.delenv("LIGHTNING_GEN_EXACT_WORKERS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert [usable_workers(n) for n in (0, 1, 2, 8)] == [0, 1, 1, 1]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert [usable_workers(n) for n in (2, 8, 32)] == [2, 8, 15]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert usable_workers(2) == 0
+    monkeypatch.setenv("LIGHTNING_GEN_EXACT_WORKERS", "1")
+    assert usable_workers(2) == 2

@@ -37,7 +37,8 @@ class Performance(Callback):
             ``self.log`` costs ~0.2 ms of Python per value per step). ``"losses"`` (default):
             the losses (shown in the progress bar) every step, every term at the steps
             Lightning writes logs (``trainer.log_every_n_steps``) and at the last step; the
-            loggers store the same as with ``"all"``. ``"all"``: every term every step
+            loggers store the same as with ``"all"``. With the suite's progress bar (the CLI's)
+            the losses are logged only at the steps the bar reads them (single process). ``"all"``: every term every step
             (Lightning's convention; for callbacks that read every term from
             ``trainer.callback_metrics`` at every step). ``"written"``: every term, only at the
             steps Lightning writes logs (the fastest; the progress bar then updates at those

@@ -46,6 +46,12 @@ class ProgressBar(TQDMProgressBar):
             self.metrics_reads += 1
         return self._metrics
 
+    def reads_metrics_next(self) -> bool:
+        """Whether the next refresh reads the logged values (the suite's models log their
+        losses only then, not at every step, under ``train_logging="losses"``)."""
+        return (self.refresh_rate > 0 and not self.is_disabled and (
+            not self._metrics or time.monotonic() - self._read_at >= self.metrics_interval))
+
     def _read_now(self) -> None:
         self._read_at = -math.inf
 
