@@ -12,18 +12,27 @@ times, as whole processes, in one run:
   ``--data.data_dir`` the written files and ``--trainer.max_epochs`` the same epochs, as a user
   runs it (W&B offline when not logged in, image grids, checkpoints, progress bar, the YAML's
   ``num_workers``);
-* with ``--breakdown`` (default): the CLI run again with one thing switched off at a time
-  (``-wandb``: ``--trainer.logger false``; ``-images``: no image grids; ``-checkpoints``: no
-  checkpoint files; ``-workers``: ``--data.num_workers 0``; ``-bar``: no progress bar), the CLI
-  with all of them off (``lean``), and ``start-up``: the CLI with ``--trainer.max_epochs 0``
-  (imports, config parsing, data set-up, run folder; no training). Each figure minus the full
-  run's is what that part costs.
+* ``--breakdown`` (default ``start-up,plain-start-up,imports``; ``all`` for every one):
 
-Wall times are of the whole process (start-up and imports included) on both sides; ``ratio`` is
-cli / plain. The plain script also reports its training loop alone (``loop_s``).
+  - ``start-up``: the CLI with ``--trainer.max_epochs 0`` (imports, config parsing, W&B run,
+    data set-up, run folder; no training) and ``plain-start-up``: the plain script with 0
+    epochs (imports, data, networks). ``wall - start-up`` of each side is its training part,
+    printed with its ratio; ``imports`` times processes that only import ``torch``,
+    ``torch._dynamo``, ``lightning``, ``lightning_gen.cli`` and W&B, so the start-up splits
+    into Lightning's imports, W&B's and ours;
+  - ``lightning``: the plain script's steps inside a minimal LightningModule run by
+    ``Trainer.fit`` (no logger, checkpoints, bar or callbacks): Lightning's own cost;
+  - the CLI run with one thing switched off (``-wandb``: ``--trainer.logger false``;
+    ``-images``: no image grids; ``-checkpoints``: no checkpoint files; ``-workers``:
+    ``--data.num_workers 0``; ``-bar``: no progress bar) or all of them (``lean``): each figure
+    minus the full run's is what that part costs.
 
-    python benchmarks/end_to_end.py                        # 2 epochs of 4096 digits, ~10 min
-    python benchmarks/end_to_end.py --epochs 15 --n-train 8000 --breakdown none
+Wall times are of the whole process (start-up and imports included) on every side; ``ratio``
+is run / plain. The child processes also report their training loop alone (``loop_s``). Every
+row is printed again as a ``JSON {...}`` line.
+
+    python benchmarks/end_to_end.py           # the issue's run: 15 epochs of 8,000 digits, ~6 min
+    python benchmarks/end_to_end.py --epochs 3 --breakdown all      # where the time goes, ~8 min
     python benchmarks/end_to_end.py --quick --breakdown none   # seconds: tiny networks and data
 """
 
@@ -41,7 +50,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("dcgan_mnist", "vae_mnist")
-BREAKDOWN = ("-wandb", "-images", "-checkpoints", "-workers", "-bar", "lean", "start-up")
+BREAKDOWN = ("start-up", "plain-start-up", "imports", "lightning", "-wandb", "-images",
+             "-checkpoints", "-workers", "-bar", "lean")
+DEFAULT_BREAKDOWN = ("start-up", "plain-start-up", "imports")
 OFF = {  # CLI options switching one part off
     "-wandb": ["--trainer.logger", "false"],
     "-images": ["--images.every_n_epochs", "0"],
@@ -85,82 +96,153 @@ def read_images(root: Path):
 
 
 # ----------------------------------------------------------------------------------------------
-# The plain PyTorch script
+# The plain PyTorch script, and the same steps inside a minimal LightningModule
+class Steps:
+    """The experiment's networks, optimizers and one update, written once for both the plain
+    loop and the minimal LightningModule (so the two differ only in who runs the loop)."""
+
+    def __init__(self, config: dict, shape: tuple[int, ...]) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        from lightning_gen.nets.conv import ConvDecoder, ConvEncoder, dcgan_init_
+
+        self.torch, self.F = torch, F
+        model = config["model"]["init_args"]
+        self.kind = config["model"]["class_path"].rsplit(".", 1)[-1]
+        self.z_dim = model["latent_dim"]
+        if self.kind == "DCGAN":
+            self.G = ConvDecoder(shape, self.z_dim, width=model["g_width"], output="tanh")
+            self.D = ConvEncoder(shape, 1, width=model["d_width"], norm="batch")
+            for net in (self.G, self.D):
+                dcgan_init_(net)
+            betas = tuple(model["betas"])
+            self.opt_g = torch.optim.Adam(self.G.parameters(), lr=model["lr_g"], betas=betas)
+            self.opt_d = torch.optim.Adam(self.D.parameters(), lr=model["lr_d"], betas=betas)
+            self.nets = [self.G, self.D]
+        elif self.kind == "VAE":
+            self.enc = ConvEncoder(shape, 2 * self.z_dim, width=model["width"], norm="batch")
+            self.dec = ConvDecoder(shape, self.z_dim, width=model["width"], output="none")
+            self.opt = torch.optim.Adam([*self.enc.parameters(), *self.dec.parameters()],
+                                        lr=model["lr"])
+            self.beta = model["beta"]
+            self.nets = [self.enc, self.dec]
+        else:
+            raise ValueError(f"no plain loop for {self.kind}")
+
+    def elbo_loss(self, x):
+        torch, F = self.torch, self.F
+        mu, logvar = self.enc(x).chunk(2, dim=1)
+        logvar = logvar.clamp(-30.0, 20.0)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        recon = F.binary_cross_entropy_with_logits(
+            self.dec(z), (x + 1) / 2, reduction="none").flatten(1).sum(1).mean()
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
+        return recon + self.beta * kl
+
+    def train_step(self, real, backward=None) -> None:
+        """One update on the batch ``real``; ``backward(loss)`` is Lightning's
+        ``manual_backward`` inside the LightningModule, ``loss.backward()`` otherwise."""
+        torch, bce = self.torch, self.F.binary_cross_entropy_with_logits
+        backward = backward or (lambda loss: loss.backward())
+        if self.kind == "VAE":
+            loss = self.elbo_loss(real)
+            self.opt.zero_grad(set_to_none=True)
+            backward(loss)
+            self.opt.step()
+            return
+        batch = len(real)
+        with torch.no_grad():
+            fake = self.G(torch.randn(batch, self.z_dim))
+        d_real, d_fake = self.D(real), self.D(fake)
+        d_loss = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))
+        self.opt_d.zero_grad(set_to_none=True)
+        backward(d_loss)
+        self.opt_d.step()
+        self.D.requires_grad_(False)
+        d_gen = self.D(self.G(torch.randn(batch, self.z_dim)))
+        g_loss = bce(d_gen, torch.ones_like(d_gen))
+        self.opt_g.zero_grad(set_to_none=True)
+        backward(g_loss)
+        self.opt_g.step()
+        self.D.requires_grad_(True)
+
+    def validation(self, val, batch: int) -> None:
+        """The VAE's validation pass (the CLI's run makes one per epoch)."""
+        if self.kind != "VAE":
+            return
+        with self.torch.no_grad():
+            for i in range(0, len(val), batch):
+                self.elbo_loss(val[i:i + batch])
+
+
+def split_data(config: dict, data_dir: Path):
+    """``(train, val, batch)``: the DataModule's split sizes of the in-memory images."""
+    import torch
+
+    data = config["data"]["init_args"]
+    x_all = read_images(data_dir)
+    n_val = int(round(len(x_all) * data.get("val_fraction", 0.0)))
+    perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(data["seed"]))
+    return x_all[perm[n_val:]], x_all[perm[:n_val]], data["batch_size"]
+
+
 def plain(config: dict, data_dir: Path, epochs: int) -> dict:
     """Train the experiment's networks with a plain loop; returns the loop's seconds."""
     import torch
-    import torch.nn.functional as F
-
-    from lightning_gen.nets.conv import ConvDecoder, ConvEncoder, dcgan_init_
 
     torch.manual_seed(config.get("seed_everything", 0))
-    model, data = config["model"]["init_args"], config["data"]["init_args"]
-    kind = config["model"]["class_path"].rsplit(".", 1)[-1]
-    x_all = read_images(data_dir)
-    shape = tuple(x_all.shape[1:])
-    n_val = int(round(len(x_all) * data.get("val_fraction", 0.0)))
-    perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(data["seed"]))
-    train, val = x_all[perm[n_val:]], x_all[perm[:n_val]]
-    batch = data["batch_size"]
+    train, val, batch = split_data(config, data_dir)
     start = time.perf_counter()
-    if kind == "DCGAN":
-        z_dim = model["latent_dim"]
-        G = ConvDecoder(shape, z_dim, width=model["g_width"], output="tanh")
-        D = ConvEncoder(shape, 1, width=model["d_width"], norm="batch")
-        for net in (G, D):
-            dcgan_init_(net)
-        betas = tuple(model["betas"])
-        opt_g = torch.optim.Adam(G.parameters(), lr=model["lr_g"], betas=betas)
-        opt_d = torch.optim.Adam(D.parameters(), lr=model["lr_d"], betas=betas)
-        bce = F.binary_cross_entropy_with_logits
-        for _ in range(epochs):
-            order = torch.randperm(len(train))
-            for i in range(0, len(train) - batch + 1, batch):  # drop_last, as the DataModule
-                real = train[order[i:i + batch]]
-                with torch.no_grad():
-                    fake = G(torch.randn(batch, z_dim))
-                d_real, d_fake = D(real), D(fake)
-                d_loss = (bce(d_real, torch.ones_like(d_real))
-                          + bce(d_fake, torch.zeros_like(d_fake)))
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-                D.requires_grad_(False)
-                d_gen = D(G(torch.randn(batch, z_dim)))
-                g_loss = bce(d_gen, torch.ones_like(d_gen))
-                opt_g.zero_grad(set_to_none=True)
-                g_loss.backward()
-                opt_g.step()
-                D.requires_grad_(True)
-    elif kind == "VAE":
-        z_dim = model["latent_dim"]
-        enc = ConvEncoder(shape, 2 * z_dim, width=model["width"], norm="batch")
-        dec = ConvDecoder(shape, z_dim, width=model["width"], output="none")
-        opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=model["lr"])
+    steps = Steps(config, tuple(train.shape[1:]))
+    for _ in range(epochs):
+        for net in steps.nets:
+            net.train()
+        order = torch.randperm(len(train))
+        for i in range(0, len(train) - batch + 1, batch):  # drop_last, as the DataModule
+            steps.train_step(train[order[i:i + batch]])
+        for net in steps.nets:
+            net.eval()
+        steps.validation(val, batch)
+    return {"loop_s": time.perf_counter() - start}
 
-        def elbo_loss(x):
-            mu, logvar = enc(x).chunk(2, dim=1)
-            logvar = logvar.clamp(-30.0, 20.0)
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-            recon = F.binary_cross_entropy_with_logits(
-                dec(z), (x + 1) / 2, reduction="none").flatten(1).sum(1).mean()
-            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
-            return recon + model["beta"] * kl
 
-        for _ in range(epochs):
-            enc.train(), dec.train()
-            order = torch.randperm(len(train))
-            for i in range(0, len(train) - batch + 1, batch):
-                loss = elbo_loss(train[order[i:i + batch]])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            enc.eval(), dec.eval()
-            with torch.no_grad():  # a validation pass per epoch, as the CLI's run does
-                for i in range(0, len(val), batch):
-                    elbo_loss(val[i:i + batch])
-    else:
-        raise ValueError(f"no plain loop for {kind}")
+def minimal_lightning(config: dict, data_dir: Path, epochs: int) -> dict:
+    """The plain loop's steps inside a minimal LightningModule run by ``Trainer.fit`` (no
+    logger, checkpoints, progress bar, model summary, callbacks or DataModule): what Lightning
+    itself costs, imports included. Returns the seconds from building the networks to the end
+    of ``fit`` (``loop_s``)."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(config.get("seed_everything", 0))
+    train, val, batch = split_data(config, data_dir)
+    start = time.perf_counter()
+    steps = Steps(config, tuple(train.shape[1:]))
+
+    class Minimal(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.nets = torch.nn.ModuleList(steps.nets)
+
+        def training_step(self, batch_, batch_idx):
+            steps.train_step(batch_[0], self.manual_backward)
+
+        def validation_step(self, batch_, batch_idx):
+            steps.elbo_loss(batch_[0])
+
+        def configure_optimizers(self):
+            return None  # the steps hold their own optimizers, as the plain loop's
+
+    val_loader = (DataLoader(TensorDataset(val), batch_size=batch)
+                  if steps.kind == "VAE" and len(val) else None)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(Minimal(), DataLoader(TensorDataset(train), batch_size=batch, shuffle=True,
+                                      drop_last=True), val_loader)
     return {"loop_s": time.perf_counter() - start}
 
 
@@ -208,33 +290,50 @@ def run_timed(cmd: list[str], env: dict) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
+def import_seconds(modules: str, env: dict) -> float:
+    """Wall seconds of a process that only imports ``modules`` (best of two)."""
+    cmd = [sys.executable, "-c", f"import {modules}"]
+    return min(run_timed(cmd, env)[0] for _ in range(2))
+
+
+def child_command(mode: str, name: str, data_dir: Path, epochs: int, quick: bool) -> list[str]:
+    """This file run as the plain script (``--plain``) or the minimal LightningModule
+    (``--minimal``)."""
+    return [sys.executable, str(Path(__file__).resolve()), f"--{mode}", name, "--data-dir",
+            str(data_dir), "--epochs", str(epochs), *(["--quick"] if quick else [])]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", default=",".join(EXPERIMENTS))
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--n-train", type=int, default=4096)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--n-train", type=int, default=8000)
     parser.add_argument("--n-test", type=int, default=512)
-    parser.add_argument("--breakdown", default=",".join(BREAKDOWN),
-                        help=f"CLI variants to time besides the full run ({','.join(BREAKDOWN)}"
-                             "), or 'none'")
+    parser.add_argument("--breakdown", default=",".join(DEFAULT_BREAKDOWN),
+                        help=f"runs to time besides plain and cli ({','.join(BREAKDOWN)}), "
+                             "'all', or 'none'")
     parser.add_argument("--quick", action="store_true",
                         help=f"tiny networks and data for a smoke test: {QUICK}")
     parser.add_argument("--threads", type=int, default=None,
-                        help="OMP_NUM_THREADS of both processes (default: torch's own choice, "
+                        help="OMP_NUM_THREADS of every process (default: torch's own choice, "
                              "what a user gets; 1 on a machine loaded by other jobs, where "
                              "several threads per process mostly wait for each other)")
     parser.add_argument("--workdir", default=None, help="where files and runs go (default: a "
                         "temporary folder, removed at the end)")
-    parser.add_argument("--plain", default=None, help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--plain", default=None, help=argparse.SUPPRESS)  # child processes
+    parser.add_argument("--minimal", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.plain:  # the plain script's own process
-        result = plain(load_config(args.plain, args.quick), Path(args.data_dir), args.epochs)
-        print("PLAIN " + json.dumps(result))
+    if args.plain or args.minimal:  # a child process: the plain script or minimal Lightning
+        run = plain if args.plain else minimal_lightning
+        result = run(load_config(args.plain or args.minimal, args.quick), Path(args.data_dir),
+                     args.epochs)
+        print("CHILD " + json.dumps(result))
         return [result]
     if args.quick:
         args.n_train, args.n_test, args.epochs = QUICK["n_train"], QUICK["n_test"], QUICK["epochs"]
-    variants = [] if args.breakdown == "none" else [v for v in args.breakdown.split(",") if v]
+    variants = (list(BREAKDOWN) if args.breakdown == "all" else [] if args.breakdown == "none"
+                else [v for v in args.breakdown.split(",") if v])
     unknown = set(variants) - set(BREAKDOWN)
     if unknown:
         parser.error(f"unknown breakdown variants {sorted(unknown)}; choose from {BREAKDOWN}")
@@ -248,7 +347,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"# end to end: {args.epochs} epoch(s) of {args.n_train} MNIST-format images"
           f"{' (quick: tiny networks)' if args.quick else ''}; {cores} CPU core(s), "
           f"{args.threads or 'default'} thread(s) per process; wall "
-          "seconds of whole processes; ratio = cli / plain")
+          "seconds of whole processes; ratio = run / plain")
     print("| experiment | run | wall s | minus full cli (s) | ratio vs plain |\n"
           "| --- | --- | --- | --- | --- |", flush=True)
     rows = []
@@ -257,29 +356,59 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name in [e for e in args.experiments.split(",") if e]:
             config = load_config(name, args.quick)
             runs = Path(tmp) / "runs" / name
-            plain_cmd = [sys.executable, str(Path(__file__).resolve()), "--plain", name,
-                         "--data-dir", str(data_dir), "--epochs", str(args.epochs)]
-            plain_s, out = run_timed(plain_cmd + (["--quick"] if args.quick else []), env)
-            loop_s = json.loads(out.split("PLAIN ", 1)[1])["loop_s"]
-            times = {"plain": plain_s}
-            for variant in ["full", *variants]:
-                times[variant], _ = run_timed(
-                    cli_command(name, config, data_dir, runs, args.epochs, args.quick, variant),
-                    env)
+            plain_s, out = run_timed(child_command("plain", name, data_dir, args.epochs,
+                                                   args.quick), env)
+            times, loops = {"plain": plain_s}, {"plain": _child(out)["loop_s"]}
+            for variant in ["full", *[v for v in variants if v != "imports"]]:
+                if variant in ("lightning", "plain-start-up"):
+                    mode = "minimal" if variant == "lightning" else "plain"
+                    epochs = args.epochs if variant == "lightning" else 0
+                    times[variant], out = run_timed(
+                        child_command(mode, name, data_dir, epochs, args.quick), env)
+                    loops[variant] = _child(out)["loop_s"]
+                else:
+                    times[variant], _ = run_timed(cli_command(
+                        name, config, data_dir, runs, args.epochs, args.quick, variant), env)
             for run, seconds in times.items():
-                row = {"experiment": name, "run": "cli" if run == "full" else
-                       ("plain" if run == "plain" else f"cli {run}"),
-                       "wall_s": round(seconds, 2), "ratio": round(seconds / plain_s, 3),
+                label = {"full": "cli", "plain": "plain", "lightning": "minimal lightning",
+                         "plain-start-up": "plain start-up"}.get(run, f"cli {run}")
+                row = {"experiment": name, "run": label, "wall_s": round(seconds, 2),
+                       "ratio": round(seconds / plain_s, 3),
                        "minus_full_s": round(seconds - times["full"], 2)}
-                if run == "plain":
-                    row["loop_s"] = round(loop_s, 2)
+                if run in loops:
+                    row["loop_s"] = round(loops[run], 2)
                 rows.append(row)
-                print(f"| {name} | {row['run']} | {seconds:.1f}"
-                      f"{f' (loop {loop_s:.1f})' if run == 'plain' else ''} | "
+                loop = f" (loop {loops[run]:.1f})" if run in loops else ""
+                print(f"| {name} | {label} | {seconds:.1f}{loop} | "
                       f"{seconds - times['full']:+.1f} | {seconds / plain_s:.2f} |", flush=True)
+            if "start-up" in times and "plain-start-up" in times:
+                cli_train = times["full"] - times["start-up"]
+                plain_train = plain_s - times["plain-start-up"]
+                row = {"experiment": name, "run": "training part", "cli_s": round(cli_train, 2),
+                       "plain_s": round(plain_train, 2), "ratio": round(cli_train / plain_train, 3),
+                       "start_up_cli_s": round(times["start-up"], 2),
+                       "start_up_plain_s": round(times["plain-start-up"], 2)}
+                rows.append(row)
+                print(f"# {name}: training part (wall - start-up) cli {cli_train:.1f} s vs plain "
+                      f"{plain_train:.1f} s: ratio {cli_train / plain_train:.2f}; start-up cli "
+                      f"{times['start-up']:.1f} s vs plain {times['plain-start-up']:.1f} s "
+                      f"(+{times['start-up'] - times['plain-start-up']:.1f} s)", flush=True)
+        if "imports" in variants:
+            imports = {what: import_seconds(what, env) for what in
+                       ("torch", "torch, torch._dynamo", "lightning", "lightning_gen.cli",
+                        "lightning_gen.cli, wandb, wandb.sdk.launch")}
+            rows.append({"run": "imports", **{k: round(v, 2) for k, v in imports.items()}})
+            print("# start-up, processes that only import (s): " + "; ".join(
+                f"{k} {v:.2f}" for k, v in imports.items()) + " (torch._dynamo: the plain "
+                "script's first optimizer step imports it; lightning: Lightning's own, with "
+                "the torchmetrics, torchvision, scipy and matplotlib it imports)", flush=True)
     for row in rows:
         print("JSON " + json.dumps(row))
     return rows
+
+
+def _child(stdout: str) -> dict:
+    return json.loads(stdout.split("CHILD ", 1)[1].splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, random_split
 from torchvision import transforms as T
 
-from datamodules.cache import CacheError, cached_dataset, files_fingerprint, split_transform
+from datamodules.cache import (
+    CacheError,
+    cached_dataset,
+    files_fingerprint,
+    in_memory_images,
+    split_transform,
+)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -206,6 +212,7 @@ class ImageDataModule(L.LightningDataModule):
         self.skip_corrupt = skip_corrupt
         self.binarize = binarize
         self.cache = cache
+        self._said_workers = False  # the worker cap was announced
         self._static_only = False  # set while the dynamic data's static validation copy loads
         self._corrupt_files: list[CorruptFiles] = []
         self.train_set: Dataset | None = None
@@ -300,22 +307,41 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.test_set, shuffle=False)
 
     # ----------------------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset | None, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, shuffle: bool, drop_last: bool = False,
+                sampler=None) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a loader")
         # Never drop the only batch of a small dataset.
         drop_last = drop_last and len(dataset) >= self.batch_size
-        workers = usable_workers(self.num_workers)
+        on_cpu = self._trains_on_cpu()
+        workers = usable_workers(self.num_workers, on_cpu)
+        if workers != self.num_workers and not getattr(self, "_said_workers", False):
+            self._said_workers = True
+            why = (f"training on the CPU with {torch.get_num_threads()} torch thread(s)" if on_cpu
+                   else "the training process keeps a core")
+            print(f"lightning-gen: {workers} DataLoader worker(s) instead of {self.num_workers} "
+                  f"({_usable_cores()} usable core(s), {why}; LIGHTNING_GEN_EXACT_WORKERS=1 "
+                  "keeps the number given)", file=sys.stderr)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=_ignore_sigint if workers > 0 else None,
         )
+
+    def _trains_on_cpu(self) -> bool:
+        """Whether the attached Trainer (else: this machine) trains on the CPU."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            from lightning.pytorch.accelerators import CPUAccelerator
+
+            return isinstance(trainer.accelerator, CPUAccelerator)
+        return not torch.cuda.is_available()
 
     def binarization(self, split: str) -> str:
         """How ``split``'s images are binarized: ``none``, ``dynamic`` (training images of
@@ -344,7 +370,9 @@ class ImageDataModule(L.LightningDataModule):
             if self.cache:
                 dataset = self._cached_dataset(split, download)
             else:
-                dataset = self.make_dataset(split, self.transform(), download)
+                transform = self.transform()
+                dataset = in_memory_images(self.make_dataset(split, transform, download),
+                                           transform, self.image_shape[1:] + self.image_shape[:1])
             mode = self.binarization(split)
             return dataset if mode == "none" else BinarizedDataset(dataset, mode, split)
         except (DatasetNotFoundError, CorruptDataError, CacheError):
@@ -393,15 +421,23 @@ class ImageDataModule(L.LightningDataModule):
         )
 
 
-def usable_workers(num_workers: int) -> int:
-    """``num_workers`` capped at the CPU cores this process may use minus one (the training
-    process keeps a core): on a 2-core machine the experiments' ``num_workers: 2`` ran 3
-    processes on 2 cores, each worker taking time from the training step it was to feed
-    (``benchmarks/end_to_end.py``). ``LIGHTNING_GEN_EXACT_WORKERS=1`` keeps the number given."""
+def usable_workers(num_workers: int, on_cpu: bool = False) -> int:
+    """``num_workers`` capped at the CPU cores a worker would not take from training.
+
+    The training process keeps one core (a GPU run), or as many as torch's intra-op threads
+    when the model trains on the CPU (``on_cpu``): there every core already computes, and a
+    worker only takes time from the step it is to feed (on a 2-core machine one MNIST worker
+    made a 3-epoch run 2-3 s slower; ``benchmarks/end_to_end.py``, ``-workers``).
+    ``LIGHTNING_GEN_EXACT_WORKERS=1`` keeps the number given."""
     if num_workers <= 0 or os.environ.get("LIGHTNING_GEN_EXACT_WORKERS") == "1":
         return max(0, num_workers)
+    busy = max(1, torch.get_num_threads()) if on_cpu else 1
+    return min(num_workers, max(0, _usable_cores() - busy))
+
+
+def _usable_cores() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(num_workers, max(0, (cores or 1) - 1))
+    return cores or 1
 
 
 def _ignore_sigint(worker_id: int) -> None:

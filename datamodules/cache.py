@@ -83,19 +83,19 @@ def files_fingerprint(root: str | os.PathLike, relative: list[str]) -> list:
     return out
 
 
-class CachedImages(Dataset):
-    """``(tensor_steps(images[i]), targets[i])`` from a cache entry; other attributes (``attr``,
-    ``targets``, ``classes``, ...) are those of the ``source`` dataset, which is not read."""
+class ArrayImages(Dataset):
+    """``(tensor_steps(images[i]), targets[i])`` from a uint8 array ``(N, H, W, C)`` and its
+    targets; other attributes (``attr``, ``targets``, ``classes``, ...) are those of the
+    ``source`` dataset, which is not read. Subclasses say where the arrays come from."""
 
-    def __init__(self, source: Dataset, entry: Path, tensor_steps: T.Compose) -> None:
+    def __init__(self, source: Dataset, tensor_steps: T.Compose, n: int, target_kind: str,
+                 images: np.ndarray | None = None, targets: np.ndarray | None = None) -> None:
         self.source = source
-        self.entry = Path(entry)
         self.tensor_steps = tensor_steps
-        meta = json.loads((self.entry / "meta.json").read_text())
-        self.n = int(meta["n"])
-        self.target_kind = meta["target_kind"]
-        self._images: np.ndarray | None = None
-        self._targets: np.ndarray | None = None
+        self.n = int(n)
+        self.target_kind = target_kind
+        self._images = images
+        self._targets = targets
 
     def __len__(self) -> int:
         return self.n
@@ -105,14 +105,8 @@ class CachedImages(Dataset):
             raise AttributeError(name)
         return getattr(self.source, name)
 
-    def __getstate__(self) -> dict:  # workers open their own memory map
-        state = self.__dict__.copy()
-        state["_images"] = state["_targets"] = None
-        return state
-
     def _open(self) -> None:
-        self._images = np.load(self.entry / "images.npy", mmap_mode="r")
-        self._targets = np.load(self.entry / "targets.npy")
+        """Load ``_images`` and ``_targets`` when they are not held yet."""
 
     def __getitem__(self, index: int):
         if self._images is None:
@@ -142,6 +136,76 @@ class CachedImages(Dataset):
         if self.target_kind == "int":
             return int(target)
         return torch.from_numpy(np.array(target))
+
+
+class CachedImages(ArrayImages):
+    """The images of a cache entry, memory-mapped (opened lazily in each process)."""
+
+    def __init__(self, source: Dataset, entry: Path, tensor_steps: T.Compose) -> None:
+        self.entry = Path(entry)
+        meta = json.loads((self.entry / "meta.json").read_text())
+        super().__init__(source, tensor_steps, int(meta["n"]), meta["target_kind"])
+
+    def __getstate__(self) -> dict:  # workers open their own memory map
+        state = self.__dict__.copy()
+        state["_images"] = state["_targets"] = None
+        return state
+
+    def _open(self) -> None:
+        self._images = np.load(self.entry / "images.npy", mmap_mode="r")
+        self._targets = np.load(self.entry / "targets.npy")
+
+
+class InMemoryImages(ArrayImages):
+    """A torchvision dataset that already holds its images as one uint8 array (MNIST's
+    ``data``, CIFAR-10's), served from that array: no PIL image per item, the batch converted
+    at once. See :func:`in_memory_images`."""
+
+
+def in_memory_images(source: Dataset, transform, shape: tuple[int, int, int]) -> Dataset:
+    """``source`` read straight from its in-memory uint8 array when that gives the same bytes as
+    its own ``__getitem__``, else ``source`` itself.
+
+    torchvision's MNIST (and its subclasses) and CIFAR-10 keep every image decoded in memory
+    and turn each one into a PIL image and back per item; when ``transform``'s PIL steps leave
+    an image of ``shape = (H, W, C)`` unchanged (``Resize``/``CenterCrop`` to the images' own
+    size) and the rest is ``ToTensor`` [+ ``Normalize``], :class:`InMemoryImages` does the
+    same arithmetic on the array (no copy of it), a batch at a time. This is the
+    ``--data.cache`` read path without the disk (the decoded array is already there).
+    """
+    from torchvision.datasets import CIFAR10, MNIST
+
+    if not isinstance(source, (MNIST, CIFAR10)) or getattr(source, "transform", None) is not \
+            transform or getattr(source, "target_transform", None) is not None:
+        return source
+    if type(source).__getitem__ not in (MNIST.__getitem__, CIFAR10.__getitem__):
+        return source  # a subclass that reads its items its own way
+    try:
+        pil_steps, tensor_steps = split_transform(transform)
+    except CacheError:
+        return source
+    steps = tensor_steps.transforms
+    if not (isinstance(steps[0], T.ToTensor) and len(steps) <= 2
+            and all(isinstance(t, T.Normalize) for t in steps[1:])):
+        return source
+    data = source.data
+    images = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+    if images.ndim == 3:
+        images = images[:, :, :, None]  # (N, H, W) grey -> (N, H, W, 1), a view
+    h, w, c = shape
+    if images.dtype != np.uint8 or images.shape[1:] != (h, w, c):
+        return source
+    for step in pil_steps.transforms:  # only steps that leave an (h, w) image as it is
+        size = getattr(step, "size", None)
+        size = [size] if isinstance(size, int) else list(size or [])
+        if not isinstance(step, (T.Resize, T.CenterCrop)) or size not in ([h], [h, w]) or h != w:
+            return source
+        if isinstance(step, T.Resize) and step.max_size is not None:
+            return source
+    targets = source.targets
+    targets = targets.numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets)
+    return InMemoryImages(source, tensor_steps, len(images), "int", images,
+                          targets.astype(np.int64, copy=False))
 
 
 def cached_dataset(source: Dataset, tensor_steps: T.Compose, cache_root: Path, name: str,

@@ -75,10 +75,7 @@ class CelebAAttributesDataModule(CelebADataModule):
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a loader")
         if self.sampler is None or self.sampler.num_items != len(self.train_set):
             self.sampler = ResamplingSampler(len(self.train_set), seed=self.seed)
-        return DataLoader(
-            self.train_set, batch_size=self.batch_size, sampler=self.sampler,
-            drop_last=len(self.sampler) >= self.batch_size, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        return self._loader(self.train_set, shuffle=False, drop_last=True, sampler=self.sampler)
 
     def encoding_dataloader(self) -> DataLoader:
         """The training images in dataset order, for the per-epoch encoding."""

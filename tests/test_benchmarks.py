@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -194,6 +193,67 @@ def test_end_to_end_quick_times_the_cli_and_the_plain_script(capsys, tmp_path):
     assert [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []  # removed
 
 
+def test_end_to_end_plain_loop_and_minimal_lightning_make_the_same_updates(tmp_path,
+                                                                           monkeypatch):
+    """The minimal LightningModule runs the plain script's own steps: as many updates per
+    epoch (last partial batch dropped), the VAE's validation pass included."""
+    end_to_end = load("end_to_end")
+    data_dir = end_to_end.write_mnist(tmp_path, n_train=100, n_test=8)
+    calls = {"train": 0, "val": 0}
+    train_step, elbo = end_to_end.Steps.train_step, end_to_end.Steps.elbo_loss
+
+    def counting_train(self, real, backward=None):
+        calls["train"] += 1
+        assert real.shape == (32, 1, 28, 28)
+        return train_step(self, real, backward)
+
+    def counting_elbo(self, x):
+        calls["val"] += not self.enc.training
+        return elbo(self, x)
+
+    monkeypatch.setattr(end_to_end.Steps, "train_step", counting_train)
+    monkeypatch.setattr(end_to_end.Steps, "elbo_loss", counting_elbo)
+    config = end_to_end.load_config("vae_mnist", quick=True)  # val_fraction 0.1: 90 + 10
+    counts = []
+    for run in (end_to_end.plain, end_to_end.minimal_lightning):
+        calls.update(train=0, val=0)
+        assert run(config, data_dir, 2)["loop_s"] > 0
+        counts.append(dict(calls))
+    assert counts == [{"train": 4, "val": 2}, {"train": 4, "val": 2}]  # 2 x (90 // 32); 2 x 1
+
+
+def test_end_to_end_splits_start_up_from_the_training_part(monkeypatch, capsys, tmp_path):
+    end_to_end = load("end_to_end")
+    seconds = {"plain": 30.0, "plain-start-up": 2.0, "cli": 40.0, "cli-start-up": 7.0,
+               "minimal": 33.0}
+
+    def fake_run(cmd, env):
+        if "-c" in cmd:  # an import-only process
+            return {"torch": 1.0, "lightning": 2.5}.get(cmd[-1].split()[-1], 3.0), ""
+        if "--plain" in cmd or "--minimal" in cmd:
+            mode = "plain" if "--plain" in cmd else "minimal"
+            zero = cmd[cmd.index("--epochs") + 1] == "0"
+            key = "plain-start-up" if zero else mode
+            return seconds[key], f"noise\nCHILD {json.dumps({'loop_s': seconds[key] - 2})}\n"
+        zero = cmd[cmd.index("--trainer.max_epochs") + 1] == "0"
+        return seconds["cli-start-up" if zero else "cli"], ""
+
+    monkeypatch.setattr(end_to_end, "run_timed", fake_run)
+    rows = end_to_end.main(["--experiments", "dcgan_mnist", "--n-train", "8", "--n-test", "4",
+                            "--breakdown", "all", "--workdir", str(tmp_path)])
+    by_run = {r["run"]: r for r in rows}
+    assert by_run["cli"]["ratio"] == pytest.approx(40 / 30, abs=1e-3)
+    assert by_run["minimal lightning"]["wall_s"] == 33.0
+    assert by_run["plain start-up"]["loop_s"] == 0.0
+    part = by_run["training part"]
+    assert (part["cli_s"], part["plain_s"]) == (33.0, 28.0)
+    assert part["ratio"] == pytest.approx(33 / 28, abs=1e-3)
+    assert by_run["imports"]["torch"] == 1.0 and by_run["imports"]["lightning"] == 2.5
+    out = capsys.readouterr().out
+    assert "training part (wall - start-up) cli 33.0 s vs plain 28.0 s: ratio 1.18" in out
+    assert "start-up cli 7.0 s vs plain 2.0 s (+5.0 s)" in out
+
+
 def test_end_to_end_breakdown_switches_exactly_one_part_off():
     end_to_end = load("end_to_end")
     config = end_to_end.load_config("dcgan_mnist", quick=False)
@@ -245,17 +305,3 @@ def test_losses_are_logged_only_when_the_suites_progress_bar_reads_them():
         float(trainer.progress_bar_metrics["train/d_loss"]))
     every, _ = _count_loss_logs(ProgressBar(metrics_interval=0.0))
     assert every == [1, 2, 3, 4, 5, 6]
-
-
-def test_dataloader_workers_are_capped_at_the_cores_minus_one(monkeypatch):
-    from datamodules.base import usable_workers
-
-    monkeypatch.delenv("LIGHTNING_GEN_EXACT_WORKERS", raising=False)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert [usable_workers(n) for n in (0, 1, 2, 8)] == [0, 1, 1, 1]
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert [usable_workers(n) for n in (2, 8, 32)] == [2, 8, 15]
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    assert usable_workers(2) == 0
-    monkeypatch.setenv("LIGHTNING_GEN_EXACT_WORKERS", "1")
-    assert usable_workers(2) == 2

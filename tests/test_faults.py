@@ -361,7 +361,9 @@ def test_ctrl_c_saves_at_the_end_of_the_batch_and_exits_130(capsys):
 
 # ----------------------------------------------------------------------------------------------
 # 5. Damaged data files: named in one line, after the last good state is saved
-def test_a_celeba_jpeg_that_goes_bad_is_named_after_the_state_is_saved(celeba_dir, capsys):
+def test_a_celeba_jpeg_that_goes_bad_is_named_after_the_state_is_saved(celeba_dir, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setenv("LIGHTNING_GEN_EXACT_WORKERS", "1")  # read in a worker process
     image = celeba_dir / "celeba/img_align_celeba/000003.jpg"  # in the training partition
     code, line = fails(["fit", *CELEBA_TINY, "--data.data_dir", str(celeba_dir),
                         "--data.num_workers", "1", "--trainer.max_steps", "40",
