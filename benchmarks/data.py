@@ -5,7 +5,8 @@ The script writes format-true files at realistic sizes into ``--data-dir`` (a te
 by default): MNIST IDX files (28x28), CIFAR-10 pickles (32x32), CelebA 178x218 aligned-face-sized
 JPEGs (smooth content at quality 90, ~8 KB each like the real ones; the mean size is printed).
 torchvision's md5 checks are replaced by "the file exists" for these files. For each
-DataModule and each mode (``raw``: decode + transform per image; ``cached``: read the uint8
+DataModule and each mode (``raw``: decode + transform per image, or for MNIST and CIFAR-10 at
+their own size the array torchvision holds in memory; ``cached``: read the uint8
 memory map + ToTensor/Normalize) it times the training split through a DataLoader
 (``--batch-size``, shuffled, as in training):
 

@@ -14,6 +14,8 @@
 #
 # GPU_SESSION_DRY_RUN=1 runs the same steps on the CPU at toy sizes (bf16-mixed for 16-mixed,
 # two experiments), so the script itself is tested without a GPU (tests/test_benchmarks.py).
+# GPU_SESSION_MODELS=dcgan,vae limits the throughput tables to those models (a rerun when the
+# device time left is short).
 set -uo pipefail
 part=${1:?usage: gpu_session.sh fp16|bf16|amp|data OUT}
 out=${2:?usage: gpu_session.sh fp16|bf16|amp|data OUT}
@@ -46,16 +48,18 @@ fi
 '| lightning', lightning.__version__, '|', torch.cuda.get_device_name() if torch.cuda.is_available()
 else 'no GPU')" 2>&1 | tee -a "$out/env.txt"
 
+models=()
+[ -n "${GPU_SESSION_MODELS:-}" ] && models=(--models "$GPU_SESSION_MODELS")
 status=0
 case "$part" in
   fp16)
-    "$python" benchmarks/throughput.py "${device[@]}" --precision "$fp16" --lightning all \
+    "$python" benchmarks/throughput.py "${device[@]}" "${models[@]}" --precision "$fp16" --lightning all \
       2>"$out/throughput-$fp16.log" | tee "$out/throughput-$fp16.md" || status=1
     ;;
   bf16)
-    "$python" benchmarks/throughput.py "${device[@]}" --precision bf16-mixed --lightning all \
+    "$python" benchmarks/throughput.py "${device[@]}" "${models[@]}" --precision bf16-mixed --lightning all \
       2>"$out/throughput-bf16-mixed.log" | tee "$out/throughput-bf16-mixed.md" || status=1
-    "$python" benchmarks/throughput.py "${device[@]}" --precision bf16-mixed --channels-last \
+    "$python" benchmarks/throughput.py "${device[@]}" "${models[@]}" --precision bf16-mixed --channels-last \
       --lightning bare 2>"$out/throughput-bf16-cl.log" \
       | tee "$out/throughput-bf16-mixed-channels-last.md" || status=1
     "$python" benchmarks/metrics.py "${metrics[@]}" 2>&1 | tee "$out/metrics.md" || status=1
