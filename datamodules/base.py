@@ -264,6 +264,8 @@ class ImageDataModule(L.LightningDataModule):
             self._load(split, download=self.download)
 
     def setup(self, stage: str | None = None) -> None:
+        if getattr(self, "trainer", None) is not None:
+            self._workers()  # say a changed worker count now, not over the progress bar
         if self.train_set is None and stage in (None, "fit", "validate"):
             if self.official_val_split:
                 self.train_set = self._load("train", download=False)
@@ -313,15 +315,7 @@ class ImageDataModule(L.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a loader")
         # Never drop the only batch of a small dataset.
         drop_last = drop_last and len(dataset) >= self.batch_size
-        on_cpu = self._trains_on_cpu()
-        workers = usable_workers(self.num_workers, on_cpu)
-        if workers != self.num_workers and not getattr(self, "_said_workers", False):
-            self._said_workers = True
-            why = (f"training on the CPU with {torch.get_num_threads()} torch thread(s)" if on_cpu
-                   else "the training process keeps a core")
-            print(f"lightning-gen: {workers} DataLoader worker(s) instead of {self.num_workers} "
-                  f"({_usable_cores()} usable core(s), {why}; LIGHTNING_GEN_EXACT_WORKERS=1 "
-                  "keeps the number given)", file=sys.stderr)
+        workers = self._workers()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -333,6 +327,20 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=_ignore_sigint if workers > 0 else None,
         )
+
+    def _workers(self) -> int:
+        """The DataLoader workers of this run (:func:`usable_workers`), said once in one line
+        when fewer than ``num_workers`` (from ``setup``, before a progress bar is drawn)."""
+        on_cpu = self._trains_on_cpu()
+        workers = usable_workers(self.num_workers, on_cpu)
+        if workers != self.num_workers and not getattr(self, "_said_workers", False):
+            self._said_workers = True
+            why = (f"training on the CPU with {torch.get_num_threads()} torch thread(s)" if on_cpu
+                   else "the training process keeps a core")
+            print(f"lightning-gen: {workers} DataLoader worker(s) instead of {self.num_workers} "
+                  f"({_usable_cores()} usable core(s), {why}; LIGHTNING_GEN_EXACT_WORKERS=1 "
+                  "keeps the number given)", file=sys.stderr, flush=True)
+        return workers
 
     def _trains_on_cpu(self) -> bool:
         """Whether the attached Trainer (else: this machine) trains on the CPU."""

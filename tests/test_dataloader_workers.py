@@ -40,8 +40,9 @@ def test_a_cpu_trainer_gets_no_worker_on_a_busy_machine_and_is_told(monkeypatch,
     dm = MNISTDataModule(str(fakedata.write_mnist(tmp_path, 16, 4)), download=False,
                          num_workers=2, batch_size=4)
     dm.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-    dm.setup("fit")
-    assert dm.train_dataloader().num_workers == 0 and dm.val_dataloader().num_workers == 0
+    dm.setup("fit")  # said here, before a progress bar is drawn
     err = capsys.readouterr().err
     assert err.count("0 DataLoader worker(s) instead of 2") == 1
     assert "2 usable core(s), training on the CPU with 2 torch thread(s)" in err
+    assert dm.train_dataloader().num_workers == 0 and dm.val_dataloader().num_workers == 0
+    assert "DataLoader worker" not in capsys.readouterr().err  # once
