@@ -255,6 +255,19 @@ def test_end_to_end_splits_start_up_from_the_training_part(monkeypatch, capsys, 
     assert "start-up cli 7.0 s vs plain 2.0 s (+5.0 s)" in out
 
 
+def test_epoch_split_times_each_way_per_epoch_in_its_own_process(capsys):
+    """plain / minimal Lightning / the suite's module on a DataModule: one row per run with a
+    time for every epoch, relative to the plain loop's median."""
+    epoch_split = load("epoch_split")
+    rows = epoch_split.main(["--quick", "--runs", "1", "--experiment", "vae_mnist",
+                             "--modes", "plain,minimal,suite-dm"])
+    assert [r["mode"] for r in rows] == ["plain", "minimal", "suite-dm"]
+    for row in rows:
+        assert len(row["epoch_s"]) == 2 and min(row["epoch_s"]) > 0
+        assert row["vs_plain"] == pytest.approx(row["median_s"] / rows[0]["median_s"], abs=2e-3)
+    assert capsys.readouterr().out.count("JSON ") == 3
+
+
 def test_end_to_end_breakdown_switches_exactly_one_part_off():
     end_to_end = load("end_to_end")
     config = end_to_end.load_config("dcgan_mnist", quick=False)
