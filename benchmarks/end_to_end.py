@@ -207,6 +207,30 @@ def plain(config: dict, data_dir: Path, epochs: int) -> dict:
     return {"loop_s": time.perf_counter() - start}
 
 
+def minimal_module(steps: Steps):
+    """A LightningModule that only runs ``steps`` (manual optimisation: the steps hold their own
+    optimizers, as the plain loop's; the VAE's validation pass as ``validation_step``)."""
+    import lightning as L
+    import torch
+
+    class Minimal(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.nets = torch.nn.ModuleList(steps.nets)
+
+        def training_step(self, batch, batch_idx):
+            steps.train_step(batch[0], self.manual_backward)
+
+        def validation_step(self, batch, batch_idx):
+            steps.elbo_loss(batch[0])
+
+        def configure_optimizers(self):
+            return None
+
+    return Minimal()
+
+
 def minimal_lightning(config: dict, data_dir: Path, epochs: int) -> dict:
     """The plain loop's steps inside a minimal LightningModule run by ``Trainer.fit`` (no
     logger, checkpoints, progress bar, model summary, callbacks or DataModule): what Lightning
@@ -221,28 +245,13 @@ def minimal_lightning(config: dict, data_dir: Path, epochs: int) -> dict:
     start = time.perf_counter()
     steps = Steps(config, tuple(train.shape[1:]))
 
-    class Minimal(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.automatic_optimization = False
-            self.nets = torch.nn.ModuleList(steps.nets)
-
-        def training_step(self, batch_, batch_idx):
-            steps.train_step(batch_[0], self.manual_backward)
-
-        def validation_step(self, batch_, batch_idx):
-            steps.elbo_loss(batch_[0])
-
-        def configure_optimizers(self):
-            return None  # the steps hold their own optimizers, as the plain loop's
-
     val_loader = (DataLoader(TensorDataset(val), batch_size=batch)
                   if steps.kind == "VAE" and len(val) else None)
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0)
-    trainer.fit(Minimal(), DataLoader(TensorDataset(train), batch_size=batch, shuffle=True,
-                                      drop_last=True), val_loader)
+    trainer.fit(minimal_module(steps), DataLoader(TensorDataset(train), batch_size=batch,
+                                                  shuffle=True, drop_last=True), val_loader)
     return {"loop_s": time.perf_counter() - start}
 
 

@@ -79,21 +79,7 @@ def run_epochs(mode: str, config: dict, data_dir: Path, epochs: int) -> list[flo
     loader = DataLoader(TensorDataset(train, labels), batch_size=batch, shuffle=True,
                         drop_last=True)
     if mode == "minimal":
-        steps = e2e.Steps(config, shape)
-
-        class Minimal(L.LightningModule):
-            def __init__(self) -> None:
-                super().__init__()
-                self.automatic_optimization = False
-                self.nets = torch.nn.ModuleList(steps.nets)
-
-            def training_step(self, batch_, batch_idx):
-                steps.train_step(batch_[0], self.manual_backward)
-
-            def configure_optimizers(self):
-                return None
-
-        model = Minimal()
+        model = e2e.minimal_module(e2e.Steps(config, shape))
     else:
         model = suite_model(config, shape)
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
