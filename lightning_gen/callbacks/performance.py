@@ -1,6 +1,7 @@
 """Speed options: ``channels_last`` memory format and ``torch.compile`` of the networks (opt-in;
 they change no result and no checkpoint), how many training terms are logged per step, and
-flushing denormal numbers to zero when training on the CPU (on by default).
+two CPU settings (on by default): flushing denormal numbers to zero, and keeping freed memory in
+the process for the next step's tensors.
 
 The CLI adds it to every run as ``--performance.*`` (channels_last and compile off by default)::
 
@@ -10,6 +11,9 @@ The CLI adds it to every run as ``--performance.*`` (channels_last and compile o
 
 from __future__ import annotations
 
+import ctypes
+import platform
+import sys
 from typing import Literal
 
 import torch
@@ -52,6 +56,15 @@ class Performance(Callback):
             without and 7.9 s with on a 2-core CPU. Results change only where a value is that
             small; GPU runs are not affected (the setting is the CPU's). ``false`` keeps
             IEEE denormals.
+        keep_freed_memory: When the model trains on the CPU (Linux, glibc), keep memory that
+            freed tensors leave in the process for the next step's tensors, rather than giving it
+            back to the operating system and faulting it in again page by page at every step
+            (see :func:`keep_freed_memory`). glibc's defaults served every large activation of
+            ``dcgan_mnist.yaml`` by ``mmap`` or returned it by trimming the heap: ~20,000 page
+            faults per step, 8.3 s per epoch against 6.3 s with it on a 2-core CPU. The cost: the
+            process's resident memory stays near the run's peak. It lasts for the process (glibc
+            cannot give its adaptive defaults back), changes no result, and GPU runs are not
+            affected. ``false`` leaves glibc's defaults.
     """
 
     def __init__(
@@ -62,6 +75,7 @@ class Performance(Callback):
         compile_backend: str = "inductor",
         train_logging: Literal["losses", "all", "written"] = "losses",
         flush_denormal: bool = True,
+        keep_freed_memory: bool = True,
     ) -> None:
         self.channels_last = channels_last
         self.compile = compile
@@ -69,6 +83,7 @@ class Performance(Callback):
         self.compile_backend = compile_backend
         self.train_logging = train_logging
         self.flush_denormal = flush_denormal
+        self.keep_freed_memory = keep_freed_memory
         self.flushing = False  # set by this callback for the run, given back at teardown
         self.compiled: list[str] = []
 
@@ -76,6 +91,8 @@ class Performance(Callback):
         if (self.flush_denormal and not self.flushing
                 and isinstance(trainer.accelerator, CPUAccelerator)):
             self.flushing = torch.set_flush_denormal(True)  # False where the CPU cannot
+        if self.keep_freed_memory and isinstance(trainer.accelerator, CPUAccelerator):
+            keep_freed_memory()
         if hasattr(pl_module, "train_logging"):
             pl_module.train_logging = self.train_logging
         if self.channels_last:
@@ -91,3 +108,41 @@ class Performance(Callback):
         if self.flushing:  # the process's default again (other code in it expects IEEE)
             torch.set_flush_denormal(False)
             self.flushing = False
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_kept_freed_memory = False
+
+
+def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
+    """Make glibc's ``malloc`` keep freed memory in the process for reuse; returns whether the
+    process now does (``False`` off Linux/glibc, where nothing is changed).
+
+    A training step allocates and frees the same large tensors (activations, gradients) again
+    and again. glibc serves allocations above an adaptive threshold (128 KiB to 32 MiB) with a
+    fresh ``mmap`` and unmaps them on ``free``, and returns the top of the heap to the system
+    once more than twice that threshold is free there; either way the next step touches new
+    pages, one minor page fault (zero-filled by the kernel) per 4 KiB. Whether a process ends up
+    there depends on its allocation history, so two processes doing the same work can differ by
+    20 % (the CLI's DCGAN on MNIST: 3.8 million faults in 3 epochs, 6 s of system time).
+    Here ``mallopt(M_MMAP_MAX, 0)`` serves every allocation from the heap (glibc still falls
+    back to ``mmap`` where the heap cannot grow) and ``mallopt(M_TRIM_THRESHOLD, trim_threshold)``
+    returns only free stretches above ``trim_threshold`` (1 GiB) at the heap's top: freed memory
+    is reused, as by the caching allocators (jemalloc, tcmalloc) PyTorch's CPU performance guide
+    recommends preloading. Applied once per process; it cannot be undone (glibc has no getter
+    for its adaptive state).
+    """
+    global _kept_freed_memory
+    if _kept_freed_memory:
+        return True
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _kept_freed_memory = bool(mallopt(_M_MMAP_MAX, 0)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    return _kept_freed_memory
