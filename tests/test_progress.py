@@ -3,6 +3,7 @@ on a GPU) at most every ``metrics_interval`` seconds, and always at the end of a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning as L
@@ -38,14 +39,31 @@ def test_values_are_read_once_per_interval_and_at_every_epoch_end():
 
 
 def test_interval_zero_reads_at_every_refresh_like_lightning():
-    every = ProgressBar(metrics_interval=0.0)
+    every = ProgressBar(metrics_interval=0.0, draw_interval=0.0)
     fit_with(every)
     assert every.metrics_reads >= 12
 
 
-def test_negative_interval_is_a_clear_error():
-    with pytest.raises(ValueError, match="metrics_interval must be >= 0"):
-        ProgressBar(metrics_interval=-1)
+def drawn_counts(capsys) -> set[int]:
+    """The step counts ``k/6`` the training bars showed (every redraw writes the bar again)."""
+    out = capsys.readouterr()
+    return {int(k) for k in re.findall(r"Epoch \d+: .*?\b(\d)/6\b", out.out + out.err)}
+
+
+@pytest.mark.parametrize("draw_interval, drawn",
+                         [(0.0, {0, 1, 2, 3, 4, 5, 6}), (3600.0, {0, 1, 6})])
+def test_bar_redraws_at_most_every_draw_interval_and_always_at_the_epoch_end(
+        capsys, draw_interval, drawn):
+    """Within the interval only the epoch starts (0/6), the first step and each epoch's last are
+    drawn; with 0, every step (Lightning's behaviour)."""
+    fit_with(ProgressBar(draw_interval=draw_interval))
+    assert drawn_counts(capsys) == drawn
+
+
+@pytest.mark.parametrize("name", ["metrics_interval", "draw_interval"])
+def test_negative_interval_is_a_clear_error(name):
+    with pytest.raises(ValueError, match=f"{name} must be >= 0"):
+        ProgressBar(**{name: -1})
 
 
 def cli_trainer(*args: str) -> L.Trainer:
