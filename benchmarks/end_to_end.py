@@ -20,6 +20,9 @@ times, as whole processes, in one run:
     printed with its ratio; ``imports`` times processes that only import ``torch``,
     ``torch._dynamo``, ``lightning``, ``lightning_gen.cli`` and W&B, so the start-up splits
     into Lightning's imports, W&B's and ours;
+  - ``plain-tuned``: the plain script with the two CPU settings the suite's runs make by default
+    (``--performance.flush_denormal``, ``--performance.keep_freed_memory``): the ratio against
+    it is what the suite costs when the plain script is tuned alike;
   - ``lightning``: the plain script's steps inside a minimal LightningModule run by
     ``Trainer.fit`` (no logger, checkpoints, bar or callbacks): Lightning's own cost;
   - the CLI run with one thing switched off (``-wandb``: ``--trainer.logger false``;
@@ -50,8 +53,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("dcgan_mnist", "vae_mnist")
-BREAKDOWN = ("start-up", "plain-start-up", "imports", "lightning", "-wandb", "-images",
-             "-checkpoints", "-workers", "-bar", "lean")
+BREAKDOWN = ("start-up", "plain-start-up", "imports", "plain-tuned", "lightning", "-wandb",
+             "-images", "-checkpoints", "-workers", "-bar", "lean")
 DEFAULT_BREAKDOWN = ("start-up", "plain-start-up", "imports")
 OFF = {  # CLI options switching one part off
     "-wandb": ["--trainer.logger", "false"],
@@ -187,10 +190,16 @@ def split_data(config: dict, data_dir: Path):
     return x_all[perm[n_val:]], x_all[perm[:n_val]], data["batch_size"]
 
 
-def plain(config: dict, data_dir: Path, epochs: int) -> dict:
-    """Train the experiment's networks with a plain loop; returns the loop's seconds."""
+def plain(config: dict, data_dir: Path, epochs: int, tuned: bool = False) -> dict:
+    """Train the experiment's networks with a plain loop; returns the loop's seconds. ``tuned``:
+    with the suite's CPU settings (denormals flushed to zero, freed memory kept for reuse)."""
     import torch
 
+    if tuned:
+        from lightning_gen.callbacks.performance import keep_freed_memory
+
+        torch.set_flush_denormal(True)
+        keep_freed_memory()
     torch.manual_seed(config.get("seed_everything", 0))
     train, val, batch = split_data(config, data_dir)
     start = time.perf_counter()
@@ -305,11 +314,13 @@ def import_seconds(modules: str, env: dict) -> float:
     return min(run_timed(cmd, env)[0] for _ in range(2))
 
 
-def child_command(mode: str, name: str, data_dir: Path, epochs: int, quick: bool) -> list[str]:
-    """This file run as the plain script (``--plain``) or the minimal LightningModule
-    (``--minimal``)."""
+def child_command(mode: str, name: str, data_dir: Path, epochs: int, quick: bool,
+                  tuned: bool = False) -> list[str]:
+    """This file run as the plain script (``--plain``, ``--tuned``: with the suite's CPU
+    settings) or the minimal LightningModule (``--minimal``)."""
     return [sys.executable, str(Path(__file__).resolve()), f"--{mode}", name, "--data-dir",
-            str(data_dir), "--epochs", str(epochs), *(["--quick"] if quick else [])]
+            str(data_dir), "--epochs", str(epochs), *(["--quick"] if quick else []),
+            *(["--tuned"] if tuned else [])]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -332,11 +343,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--plain", default=None, help=argparse.SUPPRESS)  # child processes
     parser.add_argument("--minimal", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--tuned", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.plain or args.minimal:  # a child process: the plain script or minimal Lightning
-        run = plain if args.plain else minimal_lightning
-        result = run(load_config(args.plain or args.minimal, args.quick), Path(args.data_dir),
-                     args.epochs)
+        config, data_dir = load_config(args.plain or args.minimal, args.quick), Path(args.data_dir)
+        result = (plain(config, data_dir, args.epochs, args.tuned) if args.plain
+                  else minimal_lightning(config, data_dir, args.epochs))
         print("CHILD " + json.dumps(result))
         return [result]
     if args.quick:
@@ -369,18 +381,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                    args.quick), env)
             times, loops = {"plain": plain_s}, {"plain": _child(out)["loop_s"]}
             for variant in ["full", *[v for v in variants if v != "imports"]]:
-                if variant in ("lightning", "plain-start-up"):
+                if variant in ("lightning", "plain-start-up", "plain-tuned"):
                     mode = "minimal" if variant == "lightning" else "plain"
-                    epochs = args.epochs if variant == "lightning" else 0
-                    times[variant], out = run_timed(
-                        child_command(mode, name, data_dir, epochs, args.quick), env)
+                    epochs = 0 if variant == "plain-start-up" else args.epochs
+                    times[variant], out = run_timed(child_command(
+                        mode, name, data_dir, epochs, args.quick, variant == "plain-tuned"), env)
                     loops[variant] = _child(out)["loop_s"]
                 else:
                     times[variant], _ = run_timed(cli_command(
                         name, config, data_dir, runs, args.epochs, args.quick, variant), env)
             for run, seconds in times.items():
                 label = {"full": "cli", "plain": "plain", "lightning": "minimal lightning",
-                         "plain-start-up": "plain start-up"}.get(run, f"cli {run}")
+                         "plain-start-up": "plain start-up",
+                         "plain-tuned": "plain tuned"}.get(run, f"cli {run}")
                 row = {"experiment": name, "run": label, "wall_s": round(seconds, 2),
                        "ratio": round(seconds / plain_s, 3),
                        "minus_full_s": round(seconds - times["full"], 2)}

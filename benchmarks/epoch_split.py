@@ -9,7 +9,8 @@
 
 Each run is its own process (``--runs`` alternated series), timed per epoch from the start to
 the end of the epoch's training batches (no start-up, no validation, no checkpoints, logging
-off); denormals flushed to zero in every run (``--keep-denormals`` to keep them). It splits
+off); denormals flushed to zero and freed memory kept for reuse in every run, as the CLI's
+runs do (``--keep-denormals``, ``--malloc-defaults``: glibc's own). It splits
 what ``end_to_end.py`` measures between whole processes into the loop, the DataLoader and the
 module. Prints a table and one ``JSON {...}`` line per run.
 
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--runs", type=int, default=2, help="alternated series of the modes")
     parser.add_argument("--quick", action="store_true", help="tiny networks and data")
     parser.add_argument("--keep-denormals", action="store_true")
+    parser.add_argument("--malloc-defaults", action="store_true",
+                        help="glibc's malloc defaults (freed memory is not kept for reuse)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -116,6 +119,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         if not args.keep_denormals:
             torch.set_flush_denormal(True)
+        if not args.malloc_defaults:
+            from lightning_gen.callbacks.performance import keep_freed_memory
+
+            keep_freed_memory()
         seconds = run_epochs(args.child, config, Path(args.data_dir), args.epochs)
         print("EPOCHS " + json.dumps(seconds))
         return []
@@ -129,7 +136,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     print(f"# {args.experiment}: {args.epochs} epoch(s) of {args.n_train} MNIST-format images, "
           f"{args.runs} alternated run(s) per mode; seconds per training epoch"
-          f"{'' if args.keep_denormals else ' (denormals flushed)'}")
+          f"{'' if args.keep_denormals else ' (denormals flushed)'}"
+          f"{'' if args.malloc_defaults else ' (freed memory kept)'}")
     print("| mode | run | seconds per epoch | median | vs plain |\n| --- | --- | --- | --- | --- |")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +147,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode,
                        "--experiment", args.experiment, "--data-dir", str(data_dir),
                        "--epochs", str(args.epochs), *(["--quick"] if args.quick else []),
-                       *(["--keep-denormals"] if args.keep_denormals else [])]
+                       *(["--keep-denormals"] if args.keep_denormals else []),
+                       *(["--malloc-defaults"] if args.malloc_defaults else [])]
                 proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
                 if proc.returncode != 0:
                     raise RuntimeError(f"{mode} failed:\n{proc.stderr[-3000:]}")

@@ -225,8 +225,8 @@ def test_end_to_end_plain_loop_and_minimal_lightning_make_the_same_updates(tmp_p
 
 def test_end_to_end_splits_start_up_from_the_training_part(monkeypatch, capsys, tmp_path):
     end_to_end = load("end_to_end")
-    seconds = {"plain": 30.0, "plain-start-up": 2.0, "cli": 40.0, "cli-start-up": 7.0,
-               "minimal": 33.0}
+    seconds = {"plain": 30.0, "plain-start-up": 2.0, "plain-tuned": 27.0, "cli": 40.0,
+               "cli-start-up": 7.0, "minimal": 33.0}
 
     def fake_run(cmd, env):
         if "-c" in cmd:  # an import-only process
@@ -234,7 +234,7 @@ def test_end_to_end_splits_start_up_from_the_training_part(monkeypatch, capsys, 
         if "--plain" in cmd or "--minimal" in cmd:
             mode = "plain" if "--plain" in cmd else "minimal"
             zero = cmd[cmd.index("--epochs") + 1] == "0"
-            key = "plain-start-up" if zero else mode
+            key = "plain-start-up" if zero else "plain-tuned" if "--tuned" in cmd else mode
             return seconds[key], f"noise\nCHILD {json.dumps({'loop_s': seconds[key] - 2})}\n"
         zero = cmd[cmd.index("--trainer.max_epochs") + 1] == "0"
         return seconds["cli-start-up" if zero else "cli"], ""
@@ -245,6 +245,7 @@ def test_end_to_end_splits_start_up_from_the_training_part(monkeypatch, capsys, 
     by_run = {r["run"]: r for r in rows}
     assert by_run["cli"]["ratio"] == pytest.approx(40 / 30, abs=1e-3)
     assert by_run["minimal lightning"]["wall_s"] == 33.0
+    assert by_run["plain tuned"]["ratio"] == pytest.approx(27 / 30, abs=1e-3)
     assert by_run["plain start-up"]["loop_s"] == 0.0
     part = by_run["training part"]
     assert (part["cli_s"], part["plain_s"]) == (33.0, 28.0)
