@@ -196,7 +196,7 @@ def plain(config: dict, data_dir: Path, epochs: int, tuned: bool = False) -> dic
     import torch
 
     if tuned:
-        from lightning_gen.callbacks.performance import keep_freed_memory
+        from lightning_gen.malloc import keep_freed_memory
 
         torch.set_flush_denormal(True)
         keep_freed_memory()

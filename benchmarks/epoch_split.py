@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not args.keep_denormals:
             torch.set_flush_denormal(True)
         if not args.malloc_defaults:
-            from lightning_gen.callbacks.performance import keep_freed_memory
+            from lightning_gen.malloc import keep_freed_memory
 
             keep_freed_memory()
         seconds = run_epochs(args.child, config, Path(args.data_dir), args.epochs)

@@ -18,16 +18,16 @@ from lightning_gen.models import DCGAN
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 # Allocates and frees a 40 MB tensor (above glibc's largest adaptive mmap threshold, 32 MiB:
-# by default every one is a fresh mmap) 12 times, touching every page, and prints the minor page
-# faults of the last 10 rounds.
+# by default every one is a fresh mmap) 20 times, touching every page, and prints the minor page
+# faults of the last 10 rounds (kept: the heap grows over the first few rounds, then is reused).
 CHILD = """
 import resource, sys, torch
-from lightning_gen.callbacks.performance import keep_freed_memory
+from lightning_gen.malloc import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else False
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for round in range(12):
-    if round == 2:
+for round in range(20):
+    if round == 10:
         start = faults()
     t = torch.ones(10_000_000)  # 40 MB, written
     del t
