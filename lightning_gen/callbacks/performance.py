@@ -43,11 +43,11 @@ class Performance(Callback):
             the losses (shown in the progress bar) every step, every term at the steps
             Lightning writes logs (``trainer.log_every_n_steps``) and at the last step; the
             loggers store the same as with ``"all"``. With the suite's progress bar (the CLI's)
-            the losses are logged only at the steps the bar reads them (single process). ``"all"``: every term every step
-            (Lightning's convention; for callbacks that read every term from
-            ``trainer.callback_metrics`` at every step). ``"written"``: every term, only at the
-            steps Lightning writes logs (the fastest; the progress bar then updates at those
-            steps only).
+            the losses are logged only at the steps the bar reads them (single process).
+            ``"all"``: every term every step (Lightning's convention; for callbacks that read
+            every term from ``trainer.callback_metrics`` at every step). ``"written"``: every
+            term, only at the steps Lightning writes logs (the fastest; the progress bar then
+            updates at those steps only).
         flush_denormal: When the model trains on the CPU, treat float32 values below ~1.2e-38
             (denormals) as zero for the length of the run (``torch.set_flush_denormal``; x86
             SSE3 and ARM). Denormals arise in saturated networks and make each CPU operation
@@ -60,10 +60,10 @@ class Performance(Callback):
             back to the operating system and faulting it in again page by page at every step
             (:func:`lightning_gen.malloc.keep_freed_memory`). glibc's defaults served the large
             activations of ``dcgan_mnist.yaml`` by ``mmap`` or returned them by trimming the
-            heap: ~20,000 page faults per step, 8.3 s per epoch against 6.3 s with it on a 2-core CPU. The cost: the
-            process's resident memory stays near the run's peak. It lasts for the process (glibc
-            cannot give its adaptive defaults back), changes no result, and GPU runs are not
-            affected. ``false`` leaves glibc's defaults.
+            heap: ~20,000 page faults per step, 8.3 s per epoch against 6.3 s with it on a
+            2-core CPU. The cost: the process's resident memory stays near the run's peak. It
+            lasts for the process (glibc cannot give its adaptive defaults back), changes no
+            result, and GPU runs are not affected. ``false`` leaves glibc's defaults.
     """
 
     def __init__(
