@@ -14,6 +14,7 @@ from lightning_gen.losses import (
     least_squares_generator_loss,
 )
 from lightning_gen.models.gan_base import GANBase
+from lightning_gen.nets.conv import dcgan_init_
 from lightning_gen.nets.cyclegan import PatchDiscriminator, ResNetTranslator
 
 
@@ -105,10 +106,7 @@ class CycleGAN(GANBase):
             "a": PatchDiscriminator(c, d_width, d_layers),
             "b": PatchDiscriminator(c, d_width, d_layers),
         })
-        for m in self.modules():  # N(0, 0.02) as the authors' implementation
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-                nn.init.zeros_(m.bias)
+        dcgan_init_(self)  # conv N(0, 0.02) as the authors' implementation
         self.pool_a, self.pool_b = ImagePool(pool_size), ImagePool(pool_size)
         self.register_buffer("fixed_a", torch.zeros(num_fixed_samples, *image_shape))
         self.register_buffer("fixed_b", torch.zeros(num_fixed_samples, *image_shape))

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import nn
 
 from lightning_gen.losses import (
     l1_reconstruction_loss,
@@ -14,6 +13,7 @@ from lightning_gen.losses import (
     pix2pix_generator_loss,
 )
 from lightning_gen.models.gan_base import GANBase
+from lightning_gen.nets.conv import dcgan_init_
 from lightning_gen.nets.pix2pix import ConditionalPatchDiscriminator, UNetGenerator, paper_inference
 
 
@@ -88,14 +88,7 @@ class Pix2Pix(GANBase):
                              "set --model.init_args.n_down smaller")
         self.generator = UNetGenerator(in_channels, c, g_width, n_down, dropout)
         self.discriminator = ConditionalPatchDiscriminator(in_channels, c, d_width, d_layers)
-        for m in self.modules():  # N(0, 0.02), batch norm N(1, 0.02): the authors' init
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.normal_(m.weight, 1.0, 0.02)
-                nn.init.zeros_(m.bias)
+        dcgan_init_(self)  # conv N(0, 0.02), batch norm N(1, 0.02): the authors' init
         self.register_buffer("fixed_source", torch.zeros(num_fixed_samples, in_channels, h, w))
         self.register_buffer("fixed_target", torch.zeros(num_fixed_samples, *image_shape))
         self.register_buffer("_fixed_set", torch.tensor(False))
