@@ -49,6 +49,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -720,7 +721,9 @@ def main(argv: list[str] | None = None) -> None:
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print(header, flush=True)
     memory = PeakMemory(args.device)
-    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / "lightning-gen-throughput"
+    # The Lightning loops' logs and run folders: removed at the end (or at exit on an error).
+    scratch = tempfile.TemporaryDirectory(prefix="lightning-gen-throughput-")
+    workdir = Path(scratch.name)
     records: list[dict] = []
     for name in names:
         spec = SPECS[name]
@@ -764,6 +767,7 @@ def main(argv: list[str] | None = None) -> None:
     for record in records:
         print(json.dumps(record))
     print("-->", flush=True)
+    scratch.cleanup()
 
 
 if __name__ == "__main__":

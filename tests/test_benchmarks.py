@@ -9,6 +9,7 @@ import importlib.util
 import json
 import math
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -50,6 +51,16 @@ def test_throughput_prints_one_row_per_loop_with_ratios(throughput, capsys):
             assert float(ratio) == float(cpu_ratio) == 1.0
         else:
             assert 0 < float(ratio) < 10
+
+
+def test_throughput_leaves_no_files_behind(throughput, monkeypatch, tmp_path, capsys):
+    """The `default` loop writes a CSV log and a run folder: into a temporary folder, removed."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # tempfile read TMPDIR at import
+    throughput.main(["--device", "cpu", "--models", "dcgan", "--width", "4", "--batch-size", "2",
+                     "--steps", "2", "--lightning", "default"])
+    assert [r[2] for r in table_rows(capsys.readouterr().out)] == ["hand", "lightning (default)"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_both_loops_read_the_clock_with_the_same_number_of_syncs(throughput, monkeypatch,
