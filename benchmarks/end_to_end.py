@@ -190,16 +190,26 @@ def split_data(config: dict, data_dir: Path):
     return x_all[perm[n_val:]], x_all[perm[:n_val]], data["batch_size"]
 
 
+def cpu_settings(flush_denormal: bool = True, keep_freed: bool = True) -> None:
+    """The two CPU settings the suite's runs make by default (``--performance.flush_denormal``,
+    ``--performance.keep_freed_memory``), for this process."""
+    import torch
+
+    from lightning_gen.malloc import keep_freed_memory
+
+    if flush_denormal:
+        torch.set_flush_denormal(True)
+    if keep_freed:
+        keep_freed_memory()
+
+
 def plain(config: dict, data_dir: Path, epochs: int, tuned: bool = False) -> dict:
     """Train the experiment's networks with a plain loop; returns the loop's seconds. ``tuned``:
     with the suite's CPU settings (denormals flushed to zero, freed memory kept for reuse)."""
     import torch
 
     if tuned:
-        from lightning_gen.malloc import keep_freed_memory
-
-        torch.set_flush_denormal(True)
-        keep_freed_memory()
+        cpu_settings()
     torch.manual_seed(config.get("seed_everything", 0))
     train, val, batch = split_data(config, data_dir)
     start = time.perf_counter()

@@ -115,14 +115,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     config = e2e.load_config(args.experiment, args.quick)
     if args.child:  # one run, in its own process
-        import torch
-
-        if not args.keep_denormals:
-            torch.set_flush_denormal(True)
-        if not args.malloc_defaults:
-            from lightning_gen.malloc import keep_freed_memory
-
-            keep_freed_memory()
+        e2e.cpu_settings(not args.keep_denormals, not args.malloc_defaults)
         seconds = run_epochs(args.child, config, Path(args.data_dir), args.epochs)
         print("EPOCHS " + json.dumps(seconds))
         return []

@@ -87,10 +87,10 @@ class Performance(Callback):
         self.compiled: list[str] = []
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if (self.flush_denormal and not self.flushing
-                and isinstance(trainer.accelerator, CPUAccelerator)):
+        on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
+        if self.flush_denormal and not self.flushing and on_cpu:
             self.flushing = torch.set_flush_denormal(True)  # False where the CPU cannot
-        if self.keep_freed_memory and isinstance(trainer.accelerator, CPUAccelerator):
+        if self.keep_freed_memory and on_cpu:
             keep_freed_memory()
         if hasattr(pl_module, "train_logging"):
             pl_module.train_logging = self.train_logging
