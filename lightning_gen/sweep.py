@@ -321,7 +321,7 @@ class Sweep:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.args.in_process:
             return run_in_process(args, env, log_path)
-        cmd = [sys.executable, "-m", "lightning_gen.cli", "fit", *args]
+        cmd = [sys.executable, "-m", "lightning_gen", "fit", *args]
         with open(log_path, "w") as log:
             log.write(" ".join(cmd) + "\n")
             log.flush()

@@ -78,7 +78,7 @@ def test_torchrun_two_nodes_train_into_one_run_folder():
     procs = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
          "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", port,
-         "-m", "lightning_gen.cli", "fit", *TINY, "--trainer.max_steps", "4",
+         "-m", "lightning_gen", "fit", *TINY, "--trainer.max_steps", "4",
          "--trainer.strategy", "ddp", "--trainer.num_nodes", "2", "--trainer.devices", "1"],
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for node in (0, 1)]
@@ -96,7 +96,7 @@ def test_torchrun_two_nodes_train_into_one_run_folder():
 def test_srun_two_nodes_train_into_the_jobs_run_folder():
     port = str(free_port())
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "lightning_gen.cli", "fit", *TINY, "--trainer.max_steps", "4",
+        [sys.executable, "-m", "lightning_gen", "fit", *TINY, "--trainer.max_steps", "4",
          "--trainer.strategy", "ddp", "--trainer.num_nodes", "2", "--trainer.devices", "1"],
         env={**clean_env(), **slurm_vars(ntasks=2, procid=rank), "MASTER_PORT": port},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -119,7 +119,7 @@ def test_a_killed_sweep_goes_on_where_it_stopped_with_exactly_n_trials(capsys):
     assert retried.system_attrs["failed_trial"] == killed.number
     assert retried.params == killed.params  # the interrupted values run again
     assert (Path(f"runs/sweeps/{NAME}/trials/0002.log").read_text().split()[:3]
-            == [sys.executable, "-m", "lightning_gen.cli"])  # a process of its own
+            == [sys.executable, "-m", "lightning_gen"])  # a process of its own
     out = capsys.readouterr().out
     assert "2 of 2 trials finished" in out and f"retry of trial {killed.number}" in out
 
