@@ -51,7 +51,7 @@ def cli(cwd: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "WANDB_DIR": str(cwd), "WANDB_CONFIG_DIR": str(cwd / ".wandb-config"),
            "WANDB_CACHE_DIR": str(cwd / ".wandb-cache")}
-    return subprocess.Popen([sys.executable, "-m", "lightning_gen.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "lightning_gen", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -179,6 +179,9 @@ def test_wandb_images_are_the_png_pixels_at_the_scalars_step(fits):
         assert stored.shape == local.shape == (8 * 18 + 2, 8 * 18 + 2, 3)
         assert np.abs(stored - local).max() <= 1  # 1/255
         assert len(np.unique(stored)) > 2  # not the 0/1 pixels of a float grid
+        # Encoded once: W&B holds the epoch's PNG file itself.
+        assert (log.parent / "files" / name).read_bytes() == (
+            run / f"images/samples_epoch{epoch:04d}.png").read_bytes()
         # The step Lightning logs scalars at: batches done (3 per epoch), not the optimizer
         # steps of trainer.global_step (2 per batch for this GAN: 6, 12).
         assert row["trainer/global_step"] == epoch * BATCHES_PER_EPOCH

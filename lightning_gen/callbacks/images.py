@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -33,14 +34,28 @@ def grid_pixels(grid: torch.Tensor) -> np.ndarray:
     return pixels[..., 0] if pixels.shape[-1] == 1 else pixels
 
 
+#: zlib level of the grids' PNGs. Level 1 encodes the suite's grids several times faster than
+#: PIL's default 6 at about the same size (an MNIST grid, 242x242: 3.7 ms and 72 KB against
+#: 21 ms and 95 KB; 64 samples of 64x64 RGB: 43 ms / 701 KB against 52 ms / 690 KB). PNG is
+#: lossless at every level: the pixels are the same.
+PNG_COMPRESS_LEVEL = 1
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """``pixels`` (uint8, ``(H, W, C)`` or ``(H, W)``) encoded as one PNG file's bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="png", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
 def save_grid(grid: torch.Tensor, path: str | Path) -> Path:
     """Write a [0, 1] grid as PNG, atomically."""
-    pixels = grid_pixels(grid)
-    return atomic_write(path, lambda tmp: write_png(pixels, tmp))
+    png = png_bytes(grid_pixels(grid))
+    return atomic_write(path, lambda tmp: write_png(png, tmp))
 
 
-def write_png(pixels: np.ndarray, path: str | Path) -> None:
-    Image.fromarray(pixels).save(path, format="png")
+def write_png(png: bytes, path: str | Path) -> None:
+    Path(path).write_bytes(png)
 
 
 def log_grid(trainer: Trainer, name: str, grid: torch.Tensor, epochs_done: int | None = None
@@ -50,23 +65,30 @@ def log_grid(trainer: Trainer, name: str, grid: torch.Tensor, epochs_done: int |
     uint8 pixels to W&B / TensorBoard as ``images/<name>`` at the step Lightning logs scalars at
     (:func:`~lightning_gen.run_record.logging_step`, W&B's ``trainer/global_step``; not
     ``trainer.global_step``, which counts a GAN's two optimizer steps per batch). Returns the
-    ``_last`` path."""
+    ``_last`` path.
+
+    The PNG is encoded once: both files hold its bytes, and W&B is given the epoch's file (it
+    copies the file into the run's media folder as it is)."""
     folder = run_dir(trainer) / "images"
     step = logging_step(trainer)
     epochs_done = trainer.current_epoch if epochs_done is None else epochs_done
     last = folder / f"{name}_last.png"
+    pixels = grid_pixels(grid)
+    png = png_bytes(pixels)
+    written = None
     # Images are not worth a run: a write that fails (a full disk) is one line on stderr, the
     # earlier PNGs stay as they were (atomic writes), and training goes on.
     try:
-        save_grid(grid, folder / f"{name}_epoch{epochs_done:04d}.png")
-        save_grid(grid, last)
+        epoch_file = folder / f"{name}_epoch{epochs_done:04d}.png"
+        written = atomic_write(epoch_file, lambda tmp: write_png(png, tmp))
+        atomic_write(last, lambda tmp: write_png(png, tmp))
     except OSError as err:
         _warn_not_written(f"image grid {name} at step {step}", folder, err, last)
-    pixels = grid_pixels(grid)
     for logger in trainer.loggers:
         try:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key=f"images/{name}", images=[pixels], step=step,
+                image = str(written) if written is not None else pixels
+                logger.log_image(key=f"images/{name}", images=[image], step=step,
                                  caption=[f"after {epochs_done} epochs, step {step}"])
             elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(f"images/{name}", pixels, step,
