@@ -8,7 +8,8 @@ times, as whole processes, in one run:
   read into one in-memory tensor, normalised to [-1, 1], shuffled each epoch, the same
   train/validation split sizes), the same batch size, optimizer, losses and epochs; the VAE
   also runs a validation pass each epoch as the CLI does; no logging, no checkpoints, no images;
-* ``cli``: ``python -m lightning_gen.cli fit --config experiments/<name>.yaml`` with
+* ``cli``: ``python -m lightning_gen fit --config experiments/<name>.yaml`` (what the
+  ``lightning-gen`` command runs) with
   ``--data.data_dir`` the written files and ``--trainer.max_epochs`` the same epochs, as a user
   runs it (W&B offline when not logged in, image grids, checkpoints, progress bar, the YAML's
   ``num_workers``);
@@ -290,7 +291,7 @@ def load_config(name: str, quick: bool) -> dict:
 
 def cli_command(name: str, config: dict, data_dir: Path, runs: Path, epochs: int,
                 quick: bool, variant: str) -> list[str]:
-    cmd = [sys.executable, "-m", "lightning_gen.cli", "fit",
+    cmd = [sys.executable, "-m", "lightning_gen", "fit",
            "--config", str(ROOT / "experiments" / f"{name}.yaml"),
            "--data.data_dir", str(data_dir), "--data.download", "false",
            "--trainer.max_epochs", str(0 if variant == "start-up" else epochs),

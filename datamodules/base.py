@@ -18,6 +18,7 @@ from torchvision import transforms as T
 from datamodules.cache import (
     CacheError,
     cached_dataset,
+    collate,
     files_fingerprint,
     in_memory_images,
     split_transform,
@@ -326,6 +327,7 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=_ignore_sigint if workers > 0 else None,
+            collate_fn=collate,
         )
 
     def _workers(self) -> int:

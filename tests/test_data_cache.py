@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 import datamodules
 from datamodules import cache as cache_mod
+from datamodules.cache import collate
 from datamodules.base import ImageDataModule
 from datamodules.celeba import CelebADataModule
 from datamodules.cifar10 import CIFAR10DataModule
@@ -70,10 +71,14 @@ def test_cached_images_equal_the_uncached_pipeline_to_the_byte(kind, tmp_path, n
                          cache=True))
     for split in plain:
         _assert_same_items(plain[split], cached[split])
-        # DataLoader batches (read through CachedImages.__getitems__) are the same too.
-        for (xa, ya), (xb, yb) in zip(DataLoader(plain[split], batch_size=4),
-                                      DataLoader(cached[split], batch_size=4), strict=True):
-            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        # DataLoader batches (read through CachedImages.__getitems__) are the same too, with
+        # torch's default_collate and with the DataModules' collate (the batch collated once).
+        for collate_fn in (None, collate):
+            for (xa, ya), (xb, yb) in zip(
+                    DataLoader(plain[split], batch_size=4),
+                    DataLoader(cached[split], batch_size=4, collate_fn=collate_fn), strict=True):
+                assert xa.dtype == xb.dtype and torch.equal(xa, xb)
+                assert ya.dtype == yb.dtype and torch.equal(ya, yb)
     # The stored bytes are the resized/cropped images, before ToTensor/Normalize.
     dm = cls(str(root), image_size=size, download=False)
     pil_steps, _ = cache_mod.split_transform(dm.transform())
@@ -90,7 +95,7 @@ def test_several_dataloader_workers_read_the_cache(celeba):
     plain = _splits(CelebADataModule(str(celeba), image_size=16, download=False))["train"]
     dm = CelebADataModule(str(celeba), image_size=16, download=False, cache=True)
     cached = _splits(dm)["train"]
-    loader = DataLoader(cached, batch_size=3, num_workers=2)
+    loader = DataLoader(cached, batch_size=3, num_workers=2, collate_fn=collate)
     batches = list(loader)
     assert sum(len(x) for x, _ in batches) == len(plain)
     x = torch.cat([x for x, _ in batches])

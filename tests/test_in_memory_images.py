@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import CIFAR10, MNIST
 
 from datamodules.base import BinarizedDataset
-from datamodules.cache import InMemoryImages
+from datamodules.cache import CollatedItems, InMemoryImages, collate
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.heldout import MNISTHeldOutDataModule
 from datamodules.mnist import MNISTDataModule
@@ -30,10 +30,13 @@ def _assert_items_equal_torchvisions_own(dataset: InMemoryImages) -> None:
         assert x.dtype == x_ref.dtype == torch.float32 and x.shape == x_ref.shape
         assert torch.equal(x, x_ref), i
         assert type(y) is type(y_ref) is int and y == y_ref, i
-    # DataLoader batches go through __getitems__ (the whole batch converted at once).
-    for (xa, ya), (xb, yb) in zip(DataLoader(dataset, batch_size=5),
-                                  DataLoader(source, batch_size=5), strict=True):
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # DataLoader batches go through __getitems__ (the whole batch converted at once), with
+    # torch's default_collate or the DataModules' collate (which takes the batch as converted).
+    for collate_fn in (None, collate):
+        for (xa, ya), (xb, yb) in zip(DataLoader(dataset, batch_size=5, collate_fn=collate_fn),
+                                      DataLoader(source, batch_size=5), strict=True):
+            assert xa.dtype == xb.dtype and torch.equal(xa, xb)
+            assert ya.dtype == yb.dtype and torch.equal(ya, yb)
 
 
 def test_mnist_at_its_own_size_is_served_from_memory_to_the_byte(tmp_path):
@@ -75,3 +78,18 @@ def test_binarization_and_held_out_classes_work_on_top(tmp_path):
                                          val_fraction=0.0))
     labels = [y for _, y in held.train_set]
     assert 3 not in labels and len(labels) == int((held.train_set.dataset.targets != 3).sum())
+
+
+def test_the_datamodules_loaders_take_a_batch_as_converted(tmp_path):
+    root = fakedata.write_mnist(tmp_path / "mnist", 24, 8)
+    dm = _setup(MNISTDataModule(str(root), download=False, val_fraction=0.25, batch_size=6))
+    loader = dm.train_dataloader()
+    assert loader.collate_fn is collate
+    items = dm.train_set.__getitems__([3, 0, 5])  # through the Subset, as the DataLoader reads
+    assert isinstance(items, CollatedItems) and len(items) == 3
+    images, labels = collate(items)
+    assert images is items.images and labels is items.targets  # not made into items and stacked
+    assert images.shape == (3, 1, 28, 28) and labels.dtype == torch.int64
+    for k, i in enumerate((3, 0, 5)):
+        x, y = dm.train_set[i]
+        assert torch.equal(images[k], x) and labels[k].item() == y
