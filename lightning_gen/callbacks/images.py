@@ -50,7 +50,11 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 
 def save_grid(grid: torch.Tensor, path: str | Path) -> Path:
     """Write a [0, 1] grid as PNG, atomically."""
-    png = png_bytes(grid_pixels(grid))
+    return save_png(png_bytes(grid_pixels(grid)), path)
+
+
+def save_png(png: bytes, path: str | Path) -> Path:
+    """Write a PNG file's bytes to ``path``, atomically."""
     return atomic_write(path, lambda tmp: write_png(png, tmp))
 
 
@@ -79,9 +83,8 @@ def log_grid(trainer: Trainer, name: str, grid: torch.Tensor, epochs_done: int |
     # Images are not worth a run: a write that fails (a full disk) is one line on stderr, the
     # earlier PNGs stay as they were (atomic writes), and training goes on.
     try:
-        epoch_file = folder / f"{name}_epoch{epochs_done:04d}.png"
-        written = atomic_write(epoch_file, lambda tmp: write_png(png, tmp))
-        atomic_write(last, lambda tmp: write_png(png, tmp))
+        written = save_png(png, folder / f"{name}_epoch{epochs_done:04d}.png")
+        save_png(png, last)
     except OSError as err:
         _warn_not_written(f"image grid {name} at step {step}", folder, err, last)
     for logger in trainer.loggers:
