@@ -40,6 +40,7 @@ import os
 import pstats
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -200,7 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("PL_DISABLE_FORK", "1")
     import logging
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    args.workdir = Path(os.environ.get("TMPDIR", "/tmp")) / "lightning-gen-overhead"
+    # The Lightning loops' logs and run folders: removed at the end (or at exit on an error).
+    scratch = tempfile.TemporaryDirectory(prefix="lightning-gen-overhead-")
+    args.workdir = Path(scratch.name)
     loops = [x for x in args.loops.split(",") if x]
     print(f"# width {args.width}, batch {args.batch_size}, {args.steps} timed steps, median "
           f"ms per step over {args.repeats} alternated repeats; {args.device}, "
@@ -244,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
                 parts = where(profile, run.steps + run.warmup)
                 print(f"# cProfile {name} {loop}: profiled ms per step by place: " + ", ".join(
                     f"{kind} {v:.2f}" for kind, v in parts.items()), flush=True)
+    scratch.cleanup()
 
 
 if __name__ == "__main__":

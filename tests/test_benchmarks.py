@@ -191,6 +191,18 @@ def test_overhead_times_every_loop_and_prints_machine_readable_rows(capsys):
         assert row["ratio"] == pytest.approx(hand / row["ms_per_step"], rel=1e-3)
 
 
+def test_overhead_leaves_no_files_behind(monkeypatch, tmp_path, capsys):
+    """The `suite default` loop writes a CSV log: into a temporary folder, removed."""
+    overhead = load("overhead")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # tempfile read TMPDIR at import
+    overhead.main(["--models", "vae", "--width", "4", "--batch-size", "4", "--steps", "2",
+                   "--warmup", "1", "--repeats", "1", "--loops", "hand,suite default"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("JSON ")]
+    assert len(rows) == 2
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_end_to_end_quick_times_the_cli_and_the_plain_script(capsys, tmp_path):
     """Both sides run as whole processes on the MNIST files the script writes; the ratio is
     cli / plain and each breakdown run's figure is relative to the full CLI run."""
