@@ -42,23 +42,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_images", type=int, default=None, help="default: 48 CPU, 4096 GPU")
     parser.add_argument("--batch_size", type=int, default=None, help="default: 16 CPU, 128 GPU")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--weights_path", default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     n = args.num_images or (4096 if cuda else 48)
     batch_size = args.batch_size or (128 if cuda else 16)
 
+    # Without --weights_path: a random-initialised Inception-v3 (~95 MB) in a temporary folder,
+    # removed at the end.
+    scratch = tempfile.TemporaryDirectory(prefix="lightning-gen-metrics-")
     weights = args.weights_path
     if weights is None:
-        weights = str(write_random_inception_weights(Path(tempfile.mkdtemp()) / "inception.pth"))
-        print(f"(no --weights_path: random-initialised Inception-v3 at {weights})")
+        weights = str(write_random_inception_weights(Path(scratch.name) / "inception.pth"))
+        print("(no --weights_path: a random-initialised Inception-v3)")
 
     generator = torch.Generator().manual_seed(0)
     floats = torch.rand(n, 3, 32, 32, generator=generator) * 2 - 1  # generator-like output
@@ -111,6 +114,7 @@ def main() -> None:
     print(f"torch-fidelity (its API):       {ips_theirs:9.2f} images/s")
     print(f"ratio suite / torch-fidelity:   {ips_ours / ips_theirs:9.3f}  (target >= 0.95)")
     print(f"max |feature difference|:       {max_diff:9.2e}")
+    scratch.cleanup()
 
 
 if __name__ == "__main__":

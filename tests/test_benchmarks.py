@@ -191,6 +191,19 @@ def test_overhead_times_every_loop_and_prints_machine_readable_rows(capsys):
         assert row["ratio"] == pytest.approx(hand / row["ms_per_step"], rel=1e-3)
 
 
+def test_metrics_benchmark_extracts_torch_fidelitys_features_and_removes_its_weights(capsys):
+    """Without --weights_path the script writes a random Inception-v3 (~95 MB) to a temporary
+    folder; both sides' features agree, and the weights are gone afterwards."""
+    load("metrics").main(["--num_images", "4", "--batch_size", "4", "--repeats", "1",
+                          "--device", "cpu"])
+    out = capsys.readouterr().out
+    ratio = [line for line in out.splitlines() if line.startswith("ratio suite / torch-fidelity")]
+    (diff,) = [line for line in out.splitlines() if line.startswith("max |feature difference|")]
+    assert len(ratio) == 1 and float(ratio[0].split(":")[1].split()[0]) > 0
+    assert float(diff.split(":")[1]) < 1e-4
+    assert list(Path(tempfile.gettempdir()).rglob("*.pth")) == []  # conftest: a per-test TMPDIR
+
+
 def test_overhead_leaves_no_files_behind(monkeypatch, tmp_path, capsys):
     """The `suite default` loop writes a CSV log: into a temporary folder, removed."""
     overhead = load("overhead")
