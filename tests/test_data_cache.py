@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 
 import datamodules
 from datamodules import cache as cache_mod
-from datamodules.cache import collate
 from datamodules.base import ImageDataModule
+from datamodules.cache import collate
 from datamodules.celeba import CelebADataModule
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.mnist import MNISTDataModule
