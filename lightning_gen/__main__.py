@@ -13,6 +13,16 @@ else changes: reference counting frees objects as before, collections of the obj
 during a run go on as usual, ``atexit`` handlers (W&B's, the DataLoader workers') run, and every
 file the suite writes is closed before the command returns.
 
+The commands that train or evaluate through Lightning's Trainer (``fit``, ``validate``,
+``test``, ``predict``; W&B is their default logger) also import W&B before Lightning. W&B defines
+~80 pydantic models when it is imported and when ``wandb.init`` first runs (its ``launch``
+package, imported by every run). On Python < 3.13 pydantic finds each model's attribute
+docstrings by walking the call stack with :func:`inspect.getmodule`, which loops over every
+module in ``sys.modules`` for each frame that is not a module's file (the import machinery's).
+After torch and Lightning that is ~4,000 modules per frame: ~1,200 ``getmodule`` calls and
+~0.35 s more in ``wandb.init``, ~0.6 s more for the whole command on a 2-core CPU, than when the
+same modules are imported first (``benchmarks/README.md``, "W&B before Lightning").
+
 Only the process entry point does this: :func:`lightning_gen.cli.main` called in a process of
 someone else's (a notebook, the tests, a sweep's in-process trials) leaves the collector alone.
 """
@@ -20,6 +30,24 @@ someone else's (a notebook, the tests, a sweep's in-process trials) leaves the c
 from __future__ import annotations
 
 import gc
+import sys
+
+# LightningCLI's subcommands: each builds a Trainer whose default logger is W&B.
+TRAINER_COMMANDS = frozenset({"fit", "validate", "test", "predict"})
+
+
+def import_wandb_first(args: list[str]) -> bool:
+    """Import W&B and the modules ``wandb.init`` imports, before Lightning, for the Trainer's
+    commands (not for ``--help``, nor for ``evaluate``, ``compare``, ``sweep``...). Returns
+    whether it did. A W&B without these modules (a later release) costs the speed-up only."""
+    if not TRAINER_COMMANDS.intersection(args) or {"-h", "--help"}.intersection(args):
+        return False
+    try:
+        import wandb  # noqa: F401
+        import wandb.sdk.launch.inputs.internal  # noqa: F401  (Run._detect_and_apply_job_inputs)
+    except ImportError:
+        return False
+    return True
 
 
 def main(args: list[str] | None = None) -> None:
@@ -27,6 +55,7 @@ def main(args: list[str] | None = None) -> None:
     enabled = gc.isenabled()
     gc.disable()
     try:
+        import_wandb_first(sys.argv[1:] if args is None else list(args))
         from lightning_gen.cli import main as cli_main
     finally:
         gc.freeze()

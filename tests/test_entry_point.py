@@ -1,5 +1,7 @@
 """The ``lightning-gen`` command's process (``lightning_gen.__main__``): Python's cyclic garbage
-collector stays off the objects the CLI's imports create, and off everything left at exit."""
+collector stays off the objects the CLI's imports create, and off everything left at exit; the
+Trainer's commands import W&B before Lightning, so that ``wandb.init`` does not walk the call
+stack over ~4,000 modules for each of its pydantic models."""
 
 from __future__ import annotations
 
@@ -64,3 +66,58 @@ def test_python_dash_m_lightning_gen_is_the_command(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "--config" in result.stdout and "--model" in result.stdout
+
+
+# A child process that imports what `lightning-gen <args>` imports, then counts the calls of
+# inspect.getmodule (pydantic's stack walk, each call a loop over sys.modules on Python < 3.13)
+# while an offline W&B run starts and finishes.
+WANDB_PROBE = """
+import inspect, json, sys, tempfile
+import lightning_gen.__main__ as entry
+first = entry.import_wandb_first({args!r})
+import lightning_gen.cli
+import wandb
+calls = []
+getmodule = inspect.getmodule
+inspect.getmodule = lambda *a, **k: calls.append(1) or getmodule(*a, **k)
+with tempfile.TemporaryDirectory() as folder:
+    wandb.init(mode="offline", dir=folder, project="entry-point").finish()
+print(json.dumps({{"first": first, "getmodule_calls": len(calls)}}))
+"""
+
+
+def wandb_probe(args: list[str], tmp_path: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "WANDB_DIR": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path / ".wandb-config"),
+           "WANDB_CACHE_DIR": str(tmp_path / ".wandb-cache")}
+    result = subprocess.run([sys.executable, "-c", WANDB_PROBE.format(args=args)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_wandb_imported_after_lightning_walks_the_stack_for_its_models(tmp_path):
+    # The cost the entry point avoids: ~1,200 sys.modules loops in wandb.init (Python < 3.13).
+    seen = wandb_probe(["evaluate", "--help"], tmp_path)
+    assert not seen["first"]
+    if sys.version_info < (3, 13):
+        assert seen["getmodule_calls"] > 300
+
+
+def test_a_trainer_command_imports_wandb_first_so_its_run_starts_without_the_walk(tmp_path):
+    seen = wandb_probe(["fit", "--config", "experiments/vae_mnist.yaml"], tmp_path)
+    assert seen["first"]
+    assert seen["getmodule_calls"] < 20
+
+
+def test_only_the_trainer_commands_import_wandb_first():
+    seen = subprocess.run([sys.executable, "-c", """
+import json, sys
+import lightning_gen.__main__ as entry
+cases = [["evaluate", "--run", "x"], ["compare", "a", "b"], ["sweep", "--help"], ["fit", "--help"],
+         ["test", "-h"], []]
+print(json.dumps([entry.import_wandb_first(a) for a in cases] + ["wandb" in sys.modules]))
+"""], capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert seen.returncode == 0, seen.stderr[-3000:]
+    assert json.loads(seen.stdout.strip().splitlines()[-1]) == [False] * 7
