@@ -43,6 +43,7 @@ row is printed again as a ``JSON {...}`` line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import struct
@@ -349,8 +350,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="OMP_NUM_THREADS of every process (default: torch's own choice, "
                              "what a user gets; 1 on a machine loaded by other jobs, where "
                              "several threads per process mostly wait for each other)")
-    parser.add_argument("--workdir", default=None, help="where files and runs go (default: a "
-                        "temporary folder, removed at the end)")
+    parser.add_argument("--workdir", default=None, help="a folder (created if missing) to write "
+                        "the data files and runs into and keep them, to rerun a command by hand "
+                        "(default: a temporary folder, removed at the end)")
     parser.add_argument("--plain", default=None, help=argparse.SUPPRESS)  # child processes
     parser.add_argument("--minimal", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)
@@ -383,7 +385,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("| experiment | run | wall s | minus full cli (s) | ratio vs plain |\n"
           "| --- | --- | --- | --- | --- |", flush=True)
     rows = []
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.workdir:
+            tmp = args.workdir
+            Path(tmp).mkdir(parents=True, exist_ok=True)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
         data_dir = write_mnist(Path(tmp) / "data", args.n_train, args.n_test)
         for name in [e for e in args.experiments.split(",") if e]:
             config = load_config(name, args.quick)

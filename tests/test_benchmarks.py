@@ -221,13 +221,28 @@ def test_end_to_end_quick_times_the_cli_and_the_plain_script(capsys, tmp_path):
     cli / plain and each breakdown run's figure is relative to the full CLI run."""
     end_to_end = load("end_to_end")
     rows = end_to_end.main(["--quick", "--experiments", "vae_mnist", "--breakdown", "none",
-                            "--threads", "1", "--workdir", str(tmp_path)])
+                            "--threads", "1"])
     assert [r["run"] for r in rows] == ["plain", "cli"]
     plain, cli = rows
     assert plain["wall_s"] > plain["loop_s"] > 0
     assert cli["ratio"] == pytest.approx(cli["wall_s"] / plain["wall_s"], rel=5e-3)  # rounded
     assert f"JSON {json.dumps(cli)}" in capsys.readouterr().out
-    assert [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []  # removed
+    assert list(Path(tempfile.gettempdir()).iterdir()) == []  # conftest: a per-test TMPDIR
+
+
+def test_end_to_end_workdir_is_created_and_keeps_the_data_and_runs(monkeypatch, tmp_path):
+    """--workdir: the files a run used stay there, to rerun a command of it by hand."""
+    end_to_end = load("end_to_end")
+    commands = []
+    monkeypatch.setattr(end_to_end, "run_timed", lambda cmd, env: commands.append(cmd) or (
+        1.0, f"CHILD {json.dumps({'loop_s': 0.5})}\n" if "--plain" in cmd else ""))
+    work = tmp_path / "new" / "work"
+    end_to_end.main(["--experiments", "vae_mnist", "--n-train", "8", "--n-test", "4",
+                     "--epochs", "1", "--breakdown", "none", "--workdir", str(work)])
+    raw = work / "data" / "MNIST" / "raw"
+    assert (raw / "train-images-idx3-ubyte").stat().st_size == 16 + 8 * 28 * 28
+    cli = next(c for c in commands if "fit" in c)
+    assert cli[cli.index("--data.data_dir") + 1] == str(work / "data")
 
 
 def test_end_to_end_plain_loop_and_minimal_lightning_make_the_same_updates(tmp_path,
