@@ -19,8 +19,9 @@ times, as whole processes, in one run:
     data set-up, run folder; no training) and ``plain-start-up``: the plain script with 0
     epochs (imports, data, networks). ``wall - start-up`` of each side is its training part,
     printed with its ratio; ``imports`` times processes that only import ``torch``,
-    ``torch._dynamo``, ``lightning``, ``lightning_gen.cli`` and W&B, so the start-up splits
-    into Lightning's imports, W&B's and ours;
+    ``torch._dynamo``, ``lightning``, ``lightning_gen.cli``, and W&B with the CLI in the
+    ``lightning-gen`` command's order (W&B first), so the start-up splits into Lightning's
+    imports, W&B's and ours;
   - ``plain-tuned``: the plain script with the two CPU settings the suite's runs make by default
     (``--performance.flush_denormal``, ``--performance.keep_freed_memory``): the ratio against
     it is what the suite costs when the plain script is tuned alike;
@@ -32,12 +33,14 @@ times, as whole processes, in one run:
     minus the full run's is what that part costs.
 
 Wall times are of the whole process (start-up and imports included) on every side; ``ratio``
-is run / plain. The child processes also report their training loop alone (``loop_s``). Every
+is run / plain. ``--repeats N`` times every run N times, alternated, and prints medians (a 25-s
+process here moves by +-5 % from run to run), the ratio of each repeat, and the median ratio. The child processes also report their training loop alone (``loop_s``). Every
 row is printed again as a ``JSON {...}`` line.
 
     python benchmarks/end_to_end.py           # the issue's run: 15 epochs of 8,000 digits, ~6 min
     python benchmarks/end_to_end.py --epochs 3 --breakdown all      # where the time goes, ~8 min
     python benchmarks/end_to_end.py --quick --breakdown none   # seconds: tiny networks and data
+    python benchmarks/end_to_end.py --experiments vae_mnist --repeats 3   # alternated, ~4 min
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import struct
 import subprocess
 import sys
@@ -350,6 +354,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="OMP_NUM_THREADS of every process (default: torch's own choice, "
                              "what a user gets; 1 on a machine loaded by other jobs, where "
                              "several threads per process mostly wait for each other)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time every run this many times, alternated (plain, cli, ...; "
+                             "plain, cli, ...); figures are medians and each ratio is the "
+                             "median of the repeats' run / plain, listed per repeat")
     parser.add_argument("--workdir", default=None, help="a folder (created if missing) to write "
                         "the data files and runs into and keep them, to rerun a command by hand "
                         "(default: a temporary folder, removed at the end)")
@@ -395,32 +403,52 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name in [e for e in args.experiments.split(",") if e]:
             config = load_config(name, args.quick)
             runs = Path(tmp) / "runs" / name
-            plain_s, out = run_timed(child_command("plain", name, data_dir, args.epochs,
-                                                   args.quick), env)
-            times, loops = {"plain": plain_s}, {"plain": _child(out)["loop_s"]}
-            for variant in ["full", *[v for v in variants if v != "imports"]]:
-                if variant in ("lightning", "plain-start-up", "plain-tuned"):
-                    mode = "minimal" if variant == "lightning" else "plain"
-                    epochs = 0 if variant == "plain-start-up" else args.epochs
-                    times[variant], out = run_timed(child_command(
-                        mode, name, data_dir, epochs, args.quick, variant == "plain-tuned"), env)
-                    loops[variant] = _child(out)["loop_s"]
-                else:
-                    times[variant], _ = run_timed(cli_command(
-                        name, config, data_dir, runs, args.epochs, args.quick, variant), env)
+            samples: dict[str, list[float]] = {}
+            loop_samples: dict[str, list[float]] = {}
+            for _ in range(args.repeats):
+                seconds, out = run_timed(child_command("plain", name, data_dir, args.epochs,
+                                                       args.quick), env)
+                samples.setdefault("plain", []).append(seconds)
+                loop_samples.setdefault("plain", []).append(_child(out)["loop_s"])
+                for variant in ["full", *[v for v in variants if v != "imports"]]:
+                    if variant in ("lightning", "plain-start-up", "plain-tuned"):
+                        mode = "minimal" if variant == "lightning" else "plain"
+                        epochs = 0 if variant == "plain-start-up" else args.epochs
+                        seconds, out = run_timed(child_command(
+                            mode, name, data_dir, epochs, args.quick, variant == "plain-tuned"),
+                            env)
+                        loop_samples.setdefault(variant, []).append(_child(out)["loop_s"])
+                    else:
+                        seconds, _ = run_timed(cli_command(
+                            name, config, data_dir, runs, args.epochs, args.quick, variant), env)
+                    samples.setdefault(variant, []).append(seconds)
+            times = {run: statistics.median(v) for run, v in samples.items()}
+            loops = {run: statistics.median(v) for run, v in loop_samples.items()}
+            ratios = {run: [t / p for t, p in zip(v, samples["plain"], strict=True)]
+                      for run, v in samples.items()}
+            plain_s = times["plain"]
             for run, seconds in times.items():
                 label = {"full": "cli", "plain": "plain", "lightning": "minimal lightning",
                          "plain-start-up": "plain start-up",
                          "plain-tuned": "plain tuned"}.get(run, f"cli {run}")
+                ratio = statistics.median(ratios[run])
                 row = {"experiment": name, "run": label, "wall_s": round(seconds, 2),
-                       "ratio": round(seconds / plain_s, 3),
+                       "ratio": round(ratio, 3),
                        "minus_full_s": round(seconds - times["full"], 2)}
                 if run in loops:
                     row["loop_s"] = round(loops[run], 2)
+                if args.repeats > 1:
+                    row["walls_s"] = [round(t, 2) for t in samples[run]]
+                    row["ratios"] = [round(r, 3) for r in ratios[run]]
                 rows.append(row)
                 loop = f" (loop {loops[run]:.1f})" if run in loops else ""
                 print(f"| {name} | {label} | {seconds:.1f}{loop} | "
-                      f"{seconds - times['full']:+.1f} | {seconds / plain_s:.2f} |", flush=True)
+                      f"{seconds - times['full']:+.1f} | {ratio:.2f} |", flush=True)
+            if args.repeats > 1:
+                print(f"# {name}: cli / plain in each of {args.repeats} alternated repeats: "
+                      + ", ".join(f"{r:.2f}" for r in ratios["full"])
+                      + f" (median {statistics.median(ratios['full']):.2f}); wall s and ratios "
+                      "above are medians", flush=True)
             if "start-up" in times and "plain-start-up" in times:
                 cli_train = times["full"] - times["start-up"]
                 plain_train = plain_s - times["plain-start-up"]
@@ -436,7 +464,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if "imports" in variants:
             imports = {what: import_seconds(what, env) for what in
                        ("torch", "torch, torch._dynamo", "lightning", "lightning_gen.cli",
-                        "lightning_gen.cli, wandb, wandb.sdk.launch")}
+                        "wandb, wandb.sdk.launch.inputs.internal, lightning_gen.cli")}
             rows.append({"run": "imports", **{k: round(v, 2) for k, v in imports.items()}})
             print("# start-up, processes that only import (s): " + "; ".join(
                 f"{k} {v:.2f}" for k, v in imports.items()) + " (torch._dynamo: the plain "

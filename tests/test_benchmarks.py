@@ -371,3 +371,28 @@ def test_losses_are_logged_only_when_the_suites_progress_bar_reads_them():
         float(trainer.progress_bar_metrics["train/d_loss"]))
     every, _ = _count_loss_logs(ProgressBar(metrics_interval=0.0))
     assert every == [1, 2, 3, 4, 5, 6]
+
+
+def test_end_to_end_repeats_alternate_the_runs_and_report_medians(monkeypatch, capsys, tmp_path):
+    """--repeats 3: plain, cli, plain, cli, ...; wall s is the median, ratio the median of the
+    repeats' cli / plain (not the ratio of the medians), each repeat's ratio listed."""
+    end_to_end = load("end_to_end")
+    order, plain_s, cli_s = [], iter([20.0, 30.0, 25.0]), iter([22.0, 36.0, 26.0])
+
+    def fake_run(cmd, env):
+        if "--plain" in cmd:
+            order.append("plain")
+            return next(plain_s), f"CHILD {json.dumps({'loop_s': 1.0})}\n"
+        order.append("cli")
+        return next(cli_s), ""
+
+    monkeypatch.setattr(end_to_end, "run_timed", fake_run)
+    rows = end_to_end.main(["--experiments", "vae_mnist", "--n-train", "8", "--n-test", "4",
+                            "--breakdown", "none", "--repeats", "3", "--workdir", str(tmp_path)])
+    assert order == ["plain", "cli"] * 3
+    by_run = {r["run"]: r for r in rows}
+    assert by_run["plain"]["wall_s"] == 25.0 and by_run["cli"]["wall_s"] == 26.0
+    assert by_run["cli"]["ratios"] == [1.1, 1.2, 1.04]
+    assert by_run["cli"]["ratio"] == 1.1  # median of the pairs; 26 / 25 would be 1.04
+    out = capsys.readouterr().out
+    assert "cli / plain in each of 3 alternated repeats: 1.10, 1.20, 1.04 (median 1.10)" in out
