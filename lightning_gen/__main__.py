@@ -14,7 +14,8 @@ during a run go on as usual, ``atexit`` handlers (W&B's, the DataLoader workers'
 file the suite writes is closed before the command returns.
 
 The commands that train or evaluate through Lightning's Trainer (``fit``, ``validate``,
-``test``, ``predict``; W&B is their default logger) also import W&B before Lightning. W&B defines
+``test``, ``predict``; W&B is their default logger) also import W&B before Lightning, unless
+the command line sets another ``--trainer.logger``. W&B defines
 ~80 pydantic models when it is imported and when ``wandb.init`` first runs (its ``launch``
 package, imported by every run). On Python < 3.13 pydantic finds each model's attribute
 docstrings by walking the call stack with :func:`inspect.getmodule`, which loops over every
@@ -38,9 +39,13 @@ TRAINER_COMMANDS = frozenset({"fit", "validate", "test", "predict"})
 
 def import_wandb_first(args: list[str]) -> bool:
     """Import W&B and the modules ``wandb.init`` imports, before Lightning, for the Trainer's
-    commands (not for ``--help``, nor for ``evaluate``, ``compare``, ``sweep``...). Returns
-    whether it did. A W&B without these modules (a later release) costs the speed-up only."""
+    commands (not for ``--help``, nor for ``evaluate``, ``compare``, ``sweep``..., nor when the
+    command line sets another ``--trainer.logger``, e.g. ``false``). Returns whether it did.
+    A W&B without these modules (a later release) costs the speed-up only."""
     if not TRAINER_COMMANDS.intersection(args) or {"-h", "--help"}.intersection(args):
+        return False
+    logger = _logger_argument(args)
+    if logger is not None and "wandb" not in logger.lower():  # e.g. --trainer.logger false
         return False
     try:
         import wandb  # noqa: F401
@@ -48,6 +53,16 @@ def import_wandb_first(args: list[str]) -> bool:
     except ImportError:
         return False
     return True
+
+
+def _logger_argument(args: list[str]) -> str | None:
+    """The value given to ``--trainer.logger`` on the command line, if any (not a YAML's)."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--trainer.logger="):
+            return arg.split("=", 1)[1]
+        if arg == "--trainer.logger" and i + 1 < len(args):
+            return args[i + 1]
+    return None
 
 
 def main(args: list[str] | None = None) -> None:

@@ -105,7 +105,8 @@ def test_wandb_imported_after_lightning_walks_the_stack_for_its_models(tmp_path)
 
 
 def test_a_trainer_command_imports_wandb_first_so_its_run_starts_without_the_walk(tmp_path):
-    seen = wandb_probe(["fit", "--config", "experiments/vae_mnist.yaml"], tmp_path)
+    seen = wandb_probe(["fit", "--config", "experiments/vae_mnist.yaml",
+                        "--trainer.logger", "lightning_gen.loggers.WandbLogger"], tmp_path)
     assert seen["first"]
     assert seen["getmodule_calls"] < 20
 
@@ -115,9 +116,10 @@ def test_only_the_trainer_commands_import_wandb_first():
 import json, sys
 import lightning_gen.__main__ as entry
 cases = [["evaluate", "--run", "x"], ["compare", "a", "b"], ["sweep", "--help"], ["fit", "--help"],
-         ["test", "-h"], []]
+         ["test", "-h"], [], ["fit", "--trainer.logger", "false"],
+         ["fit", "-c", "x.yaml", "--trainer.logger=lightning.pytorch.loggers.CSVLogger"]]
 print(json.dumps([entry.import_wandb_first(a) for a in cases] + ["wandb" in sys.modules]))
 """], capture_output=True, text=True, timeout=300, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert seen.returncode == 0, seen.stderr[-3000:]
-    assert json.loads(seen.stdout.strip().splitlines()[-1]) == [False] * 7
+    assert json.loads(seen.stdout.strip().splitlines()[-1]) == [False] * 9
