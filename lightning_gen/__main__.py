@@ -16,9 +16,10 @@ file the suite writes is closed before the command returns.
 The commands that train or evaluate through Lightning's Trainer (``fit``, ``validate``,
 ``test``, ``predict``; W&B is their default logger) also import W&B before Lightning, unless
 the command line sets another ``--trainer.logger``. W&B defines ~80 pydantic models when it
-is imported and when ``wandb.init`` first runs (its ``launch`` package, imported by every run). On Python < 3.13 pydantic finds each model's attribute
-docstrings by walking the call stack with :func:`inspect.getmodule`, which loops over every
-module in ``sys.modules`` for each frame that is not a module's file (the import machinery's).
+is imported and when ``wandb.init`` first runs (its ``launch`` package, imported by every
+run). On Python < 3.13 pydantic finds each model's attribute docstrings by walking the call
+stack with :func:`inspect.getmodule`, which loops over every module in ``sys.modules`` for each
+frame that is not a module's file (the import machinery's).
 After torch and Lightning that is ~4,000 modules per frame: ~1,200 ``getmodule`` calls and
 ~0.35 s more in ``wandb.init``, ~0.6 s more for the whole command on a 2-core CPU, than when the
 same modules are imported first (``benchmarks/README.md``, "W&B before Lightning").
