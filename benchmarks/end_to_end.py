@@ -34,8 +34,9 @@ times, as whole processes, in one run:
 
 Wall times are of the whole process (start-up and imports included) on every side; ``ratio``
 is run / plain. ``--repeats N`` times every run N times, alternated, and prints medians (a 25-s
-process here moves by +-5 % from run to run), the ratio of each repeat, and the median ratio. The child processes also report their training loop alone (``loop_s``). Every
-row is printed again as a ``JSON {...}`` line.
+process here moves by +-5 % from run to run), the ratio of each repeat, and the median ratio.
+The child processes also report their training loop alone (``loop_s``). Every row is printed
+again as a ``JSON {...}`` line.
 
     python benchmarks/end_to_end.py           # the run: 15 epochs of 8,000 digits, ~6 min
     python benchmarks/end_to_end.py --epochs 3 --breakdown all      # where the time goes, ~8 min

@@ -19,12 +19,12 @@ the command line sets another ``--trainer.logger``. W&B defines ~80 pydantic mod
 is imported and when ``wandb.init`` first runs (its ``launch`` package, imported by every
 run). On Python < 3.13 pydantic finds each model's attribute docstrings by walking the call
 stack with :func:`inspect.getmodule`, which loops over every module in ``sys.modules`` for each
-frame that is not a module's file (the import machinery's).
-After torch and Lightning that is ~4,000 modules per frame: ~1,200 ``getmodule`` calls and
-~0.35 s more in ``wandb.init``, ~0.6 s more for the whole command on a 2-core CPU, than when the
-same modules are imported first (``benchmarks/README.md``, "W&B before Lightning").
+frame that is not a module's file (the import machinery's). After torch and Lightning that is
+~4,000 modules per frame: ~1,200 ``getmodule`` calls and ~0.35 s more in ``wandb.init``, ~0.6 s
+more for the whole command on a 2-core CPU, than when the same modules are imported first
+(``benchmarks/README.md``, "W&B before Lightning").
 
-Only the process entry point does this: :func:`lightning_gen.cli.main` called in a process of
+Only the process entry point does either: :func:`lightning_gen.cli.main` called in a process of
 someone else's (a notebook, the tests, a sweep's in-process trials) leaves the collector alone.
 """
 
