@@ -12,6 +12,8 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A child process that counts full (generation 2) collections while it runs `code`, then prints
@@ -86,27 +88,42 @@ print(json.dumps({{"first": first, "getmodule_calls": len(calls)}}))
 """
 
 
-def wandb_probe(args: list[str], tmp_path: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "WANDB_DIR": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path / ".wandb-config"),
-           "WANDB_CACHE_DIR": str(tmp_path / ".wandb-cache")}
-    result = subprocess.run([sys.executable, "-c", WANDB_PROBE.format(args=args)],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+WITHOUT = ["evaluate", "--help"]  # not a Trainer command: W&B is imported after Lightning
+WITH = ["fit", "--config", "experiments/vae_mnist.yaml",
+        "--trainer.logger", "lightning_gen.loggers.WandbLogger"]
 
 
-def test_wandb_imported_after_lightning_walks_the_stack_for_its_models(tmp_path):
+@pytest.fixture(scope="module")
+def wandb_probes(tmp_path_factory) -> dict:
+    """Both probes, run side by side (each child mostly imports, on one core)."""
+    children = {}
+    for name, args in (("without", WITHOUT), ("with", WITH)):
+        folder = tmp_path_factory.mktemp(f"wandb-{name}")
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline",
+               "WANDB_SILENT": "true", "WANDB_DIR": str(folder), "TMPDIR": str(folder),
+               "WANDB_CONFIG_DIR": str(folder / ".wandb-config"),
+               "WANDB_CACHE_DIR": str(folder / ".wandb-cache")}
+        children[name] = subprocess.Popen(
+            [sys.executable, "-c", WANDB_PROBE.format(args=args)], cwd=folder, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = {}
+    for name, child in children.items():
+        out, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err[-3000:]
+        seen[name] = json.loads(out.strip().splitlines()[-1])
+    return seen
+
+
+def test_wandb_imported_after_lightning_walks_the_stack_for_its_models(wandb_probes):
     # The cost the entry point avoids: ~1,200 sys.modules loops in wandb.init (Python < 3.13).
-    seen = wandb_probe(["evaluate", "--help"], tmp_path)
+    seen = wandb_probes["without"]
     assert not seen["first"]
     if sys.version_info < (3, 13):
         assert seen["getmodule_calls"] > 300
 
 
-def test_a_trainer_command_imports_wandb_first_so_its_run_starts_without_the_walk(tmp_path):
-    seen = wandb_probe(["fit", "--config", "experiments/vae_mnist.yaml",
-                        "--trainer.logger", "lightning_gen.loggers.WandbLogger"], tmp_path)
+def test_a_trainer_command_imports_wandb_first_so_its_run_starts_without_the_walk(wandb_probes):
+    seen = wandb_probes["with"]
     assert seen["first"]
     assert seen["getmodule_calls"] < 20
 
