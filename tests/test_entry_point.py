@@ -106,12 +106,10 @@ def wandb_probes(tmp_path_factory) -> dict:
         children[name] = subprocess.Popen(
             [sys.executable, "-c", WANDB_PROBE.format(args=args)], cwd=folder, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = {}
-    for name, child in children.items():
-        out, err = child.communicate(timeout=300)
-        assert child.returncode == 0, err[-3000:]
-        seen[name] = json.loads(out.strip().splitlines()[-1])
-    return seen
+    outputs = {name: child.communicate(timeout=300) for name, child in children.items()}
+    for name, child in children.items():  # both reaped before any assertion
+        assert child.returncode == 0, outputs[name][1][-3000:]
+    return {name: json.loads(out.strip().splitlines()[-1]) for name, (out, _) in outputs.items()}
 
 
 def test_wandb_imported_after_lightning_walks_the_stack_for_its_models(wandb_probes):
