@@ -1,10 +1,13 @@
-"""A 2-process CPU DDP fit of a tiny GAN, run by tests/test_scaling.py as a subprocess.
+"""2-process CPU DDP fits of tiny GANs, run by tests/test_scaling.py as a subprocess.
 
-    python -m tests.ddp_fit --model dcgan --out DIR [--steps 6]
+    python -m tests.ddp_fit --model dcgan[,wgan_gp,...] --out DIR [--steps 6]
 
-Lightning's ``ddp`` strategy on CPU re-runs this module once per extra rank (gloo backend).
-Each rank writes ``DIR/rank<R>.pt`` with its generator's (or model's) state before and after fitting, its
-step counters and a digest of the first batch it saw, for the test to compare across ranks.
+Lightning's ``ddp`` strategy on CPU re-runs this module once per extra rank (gloo backend); the
+models are fitted one after the other in the same two processes (a Trainer each; the later ones
+find the processes and their process group in place), so the start-up is paid once.
+Each rank writes ``DIR/<model>/rank<R>.pt`` with its generator's (or model's) state before and
+after fitting, its step counters and a digest of the first batch it saw, for the test to compare
+across ranks.
 """
 
 from __future__ import annotations
@@ -44,30 +47,34 @@ class FirstBatch(L.Callback):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", choices=sorted(MODELS), required=True)
+    parser.add_argument("--model", required=True, help="comma-separated: " + ",".join(MODELS))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
+    for name in args.model.split(","):
+        fit(name, args.out / name, args.steps)
 
+
+def fit(name: str, out: Path, steps: int) -> None:
     L.seed_everything(0)
-    model = MODELS[args.model]()
+    model = MODELS[name]()
     net = getattr(model, "generator", model)  # the generator, or the whole model
     initial = {k: v.clone() for k, v in net.state_dict().items()}
     first = FirstBatch()
     trainer = L.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_steps=args.steps,
+        accelerator="cpu", devices=2, strategy="ddp", max_steps=steps,
         logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[first],
     )
     trainer.fit(model, DigitsDataModule(image_size=16, batch_size=8, val_fraction=0.0))
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     torch.save({
         "initial": initial,
         "final": net.state_dict(),
         "d_steps": getattr(model, "d_steps", None), "g_steps": getattr(model, "g_steps", None),
         "first_batch": first.digest, "world_size": trainer.world_size,
         "logged": {k: float(v) for k, v in trainer.callback_metrics.items()},
-    }, args.out / f"rank{trainer.global_rank}.pt")
+    }, out / f"rank{trainer.global_rank}.pt")
 
 
 if __name__ == "__main__":

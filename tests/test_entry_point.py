@@ -29,12 +29,29 @@ print(json.dumps({{"full_collections": len(full), "frozen": gc.get_freeze_count(
 """
 
 
-def probe(code: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", PROBE.format(code=code)], capture_output=True,
-                            text=True, timeout=300, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+ENTRY = """
+import lightning_gen.__main__ as entry
+try:
+    entry.main(["fit", "--help"])
+except SystemExit as stop:
+    assert stop.code in (0, None), stop.code
+import lightning_gen.cli  # imported by the command
+"""
+
+
+@pytest.fixture(scope="module")
+def gc_probes() -> dict:
+    """A plain import of the CLI and the command's process, probed side by side (each child
+    mostly imports, on one core)."""
+    children = {name: subprocess.Popen(
+        [sys.executable, "-c", PROBE.format(code=code)], cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, code in (("import", "import lightning_gen.cli"), ("entry", ENTRY))}
+    outputs = {name: child.communicate(timeout=300) for name, child in children.items()}
+    for name, child in children.items():  # both reaped before any assertion
+        assert child.returncode == 0, outputs[name][1][-3000:]
+    return {name: json.loads(out.strip().splitlines()[-1]) for name, (out, _) in outputs.items()}
 
 
 def test_the_console_script_is_the_entry_point_module():
@@ -42,21 +59,14 @@ def test_the_console_script_is_the_entry_point_module():
     assert script.value == "lightning_gen.__main__:main"
 
 
-def test_importing_the_cli_runs_full_collections_over_its_objects():
+def test_importing_the_cli_runs_full_collections_over_its_objects(gc_probes):
     # The cost the entry point avoids: a plain import walks the heap several times.
-    seen = probe("import lightning_gen.cli")
+    seen = gc_probes["import"]
     assert seen["full_collections"] >= 1 and seen["frozen"] == 0
 
 
-def test_the_command_imports_without_a_full_collection_and_leaves_its_objects_frozen():
-    seen = probe("""
-import lightning_gen.__main__ as entry
-try:
-    entry.main(["fit", "--help"])
-except SystemExit as stop:
-    assert stop.code in (0, None), stop.code
-import lightning_gen.cli  # imported by the command
-""")
+def test_the_command_imports_without_a_full_collection_and_leaves_its_objects_frozen(gc_probes):
+    seen = gc_probes["entry"]
     assert seen["full_collections"] == 0
     assert seen["frozen"] > 100_000  # the imports' objects (~0.5 M) sit in the permanent generation
     assert seen["enabled"]  # the collector runs again for what the run creates

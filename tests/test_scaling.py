@@ -78,23 +78,32 @@ def assert_finite(module: torch.nn.Module) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # DDP
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(GANS))
-def test_ddp_two_cpu_processes_keep_generators_identical(name, tmp_path):
-    """Plain `strategy="ddp"` on 2 gloo processes: exits 0, both ranks end with bit-identical
-    generator parameters after the same number of steps, saw different data, logged the same
-    (rank-averaged) losses."""
+@pytest.fixture(scope="module")
+def ddp_fits(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """Every GAN of GANS fitted with plain `strategy="ddp"` on 2 gloo processes, one after the
+    other in one launch (tests/ddp_fit.py): the processes' start-up is paid once."""
+    out = tmp_path_factory.mktemp("ddp")
     env = {k: v for k, v in os.environ.items()  # a fresh rendezvous: Lightning picks a port
            if k not in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK",
                         "NODE_RANK")}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.ddp_fit", "--model", name, "--out", str(tmp_path),
-         "--steps", "6"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+        [sys.executable, "-m", "tests.ddp_fit", "--model", ",".join(sorted(GANS)),
+         "--out", str(out), "--steps", "6"],
+        cwd=out, env=env, capture_output=True, text=True, timeout=240,
     )
+    return out, proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(GANS))
+def test_ddp_two_cpu_processes_keep_generators_identical(name, ddp_fits):
+    """Plain `strategy="ddp"` on 2 gloo processes: exits 0, both ranks end with bit-identical
+    generator parameters after the same number of steps, saw different data, logged the same
+    (rank-averaged) losses."""
+    out, proc = ddp_fits
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    r0, r1 = (torch.load(out / name / f"rank{r}.pt") for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
     assert (r0["d_steps"], r0["g_steps"]) == (r1["d_steps"], r1["g_steps"])
     assert r0["d_steps"] + r0["g_steps"] == 6
