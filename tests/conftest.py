@@ -16,7 +16,15 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 os.environ.setdefault("WANDB_INIT_TIMEOUT", "60")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# The suite runs in pytest-xdist workers (pyproject.toml: `-n auto`), one test per core at a
+# time: each worker's torch, and the processes its tests start, get the worker's share of the
+# cores (on 2 cores, 1 each; 2 threads each made OpenMP spin against the other worker's and
+# the suite was no faster than one process).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+torch.set_num_threads(min(THREADS, torch.get_num_threads()))
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
 LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_gen")
 
 
