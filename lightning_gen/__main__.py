@@ -24,6 +24,9 @@ frame that is not a module's file (the import machinery's). After torch and Ligh
 more for the whole command on a 2-core CPU, than when the same modules are imported first
 (``benchmarks/README.md``, "W&B before Lightning").
 
+The top-level help and ``compare`` import neither torch nor Lightning
+(:func:`lightning_gen.commands.run_without_torch`): they run before any of this.
+
 Only the process entry point does either: :func:`lightning_gen.cli.main` called in a process of
 someone else's (a notebook, the tests, a sweep's in-process trials) leaves the collector alone.
 """
@@ -67,6 +70,10 @@ def _logger_argument(args: list[str]) -> str | None:
 
 def main(args: list[str] | None = None) -> None:
     """Run the ``lightning-gen`` command line (``args``: default ``sys.argv[1:]``)."""
+    from lightning_gen.commands import run_without_torch
+
+    if run_without_torch(sys.argv[1:] if args is None else list(args)):  # --help, compare
+        return
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -33,7 +33,7 @@ from lightning_gen.callbacks.performance import Performance
 from lightning_gen.callbacks.progress import ProgressBar
 from lightning_gen.callbacks.training_metrics import TrainingMetrics
 from lightning_gen.checkpoints import safe_globals
-from lightning_gen.commands import usage
+from lightning_gen.commands import DEBUG_ENV, run_without_torch
 from lightning_gen.loggers import WandbLogger, slurm_job_step, slurm_restarts
 from lightning_gen.models.base import GenerativeModel, NonFiniteLossError
 from lightning_gen.resume import (
@@ -45,7 +45,6 @@ from lightning_gen.resume import (
 from lightning_gen.run_record import ImagesSeen, record_run, set_wandb_defaults
 from lightning_gen.runs import atomic_write, logger_dir, run_dir
 
-DEBUG_ENV = "LIGHTNING_GEN_DEBUG"
 SWEEP_TRIAL_ENV = "LIGHTNING_GEN_SWEEP_TRIAL"  # lightning_gen.sweep_trial.ENV
 DESCRIPTION = (
     "Train and evaluate generative models: `lightning-gen fit --config experiments/NAME.yaml`. "
@@ -286,21 +285,16 @@ def default_logger() -> dict:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lightning-gen`` console script."""
     argv = sys.argv[1:] if args is None else list(args)
-    if not argv or argv[0] in ("-h", "--help"):
-        # Every command, LightningCLI's and ours (lightning_gen.commands); exit 2 when none given.
-        print(usage(), file=sys.stdout if argv else sys.stderr)
-        sys.exit(0 if argv else 2)
+    # The top-level help (every command, LightningCLI's and ours) and `compare` (run folders
+    # side by side, offline): lightning_gen.commands.
+    if run_without_torch(argv):
+        return
     try:
         if argv[:1] and argv[0] in ("evaluate", "sample"):
             # Evaluation commands (lightning_gen.evaluate), not LightningCLI subcommands.
             from lightning_gen.evaluate import main as evaluate_main
 
             return evaluate_main(argv)
-        if argv[:1] == ["compare"]:
-            # Run folders side by side (lightning_gen.compare), offline, no LightningCLI.
-            from lightning_gen.compare import main as compare_main
-
-            return compare_main(argv[1:])
         if argv[:1] == ["sweep"]:
             # Hyperparameter search on Optuna (lightning_gen.sweep), each trial a `fit`.
             from lightning_gen.sweep import main as sweep_main

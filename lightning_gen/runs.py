@@ -1,4 +1,9 @@
-"""Where a run's files go, and writing them so a crash never leaves half a file."""
+"""Where a run's files go, and writing them so a crash never leaves half a file.
+
+Imports neither torch nor Lightning (``lightning-gen compare`` writes through
+:func:`atomic_write` without them); the functions that take a Trainer or a logger import
+Lightning's classes when called.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,19 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lightning import Trainer
-from lightning.pytorch.loggers import Logger
+if TYPE_CHECKING:
+    from lightning import Trainer
+    from lightning.pytorch.loggers import Logger
 
 
 def logger_dir(logger: Logger | Iterable[Logger] | bool | None) -> Path | None:
     """The folder the (first) logger writes to, its ``log_dir`` (W&B, CSV, TensorBoard), if
     any. Takes a logger, a list of them, or Trainer's ``logger`` argument (``True``/``False``/
     ``None``: no folder yet)."""
+    from lightning.pytorch.loggers import Logger
+
     if isinstance(logger, (list, tuple)):
         logger = logger[0] if logger else None
     log_dir = getattr(logger, "log_dir", None) if isinstance(logger, Logger) else None

@@ -21,7 +21,8 @@ os.environ.setdefault("WANDB_INIT_TIMEOUT", "60")
 # cores (on 2 cores, 1 each; 2 threads each made OpenMP spin against the other worker's and
 # the suite was no faster than one process).
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+THREADS = max(1, min(2, CORES // WORKERS))
 torch.set_num_threads(min(THREADS, torch.get_num_threads()))
 if WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(THREADS)

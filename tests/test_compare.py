@@ -149,7 +149,7 @@ def test_a_folder_that_is_not_a_run_is_one_line_without_traceback(two_runs, tmp_
     (tmp_path / "notes").mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "lightning_gen.cli", "compare", str(two_runs[0]), "notes"],
+        [sys.executable, "-m", "lightning_gen", "compare", str(two_runs[0]), "notes"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

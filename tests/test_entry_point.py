@@ -80,6 +80,50 @@ def test_python_dash_m_lightning_gen_is_the_command(tmp_path):
     assert "--config" in result.stdout and "--model" in result.stdout
 
 
+# `lightning-gen --help` and `lightning-gen compare` in a child: the exit code, and whether
+# torch or Lightning were imported.
+LIGHT = """
+import json, sys
+import lightning_gen.__main__ as entry
+try:
+    entry.main({args!r})
+    code = 0
+except SystemExit as stop:
+    code = stop.code
+print(json.dumps({{"code": code, "imported": sorted({{"torch", "lightning", "wandb"}}
+                                                   & set(sys.modules))}}))
+"""
+
+
+@pytest.mark.parametrize("args, code", [
+    (["--help"], 0), ([], 2),
+    (["compare", "notes"], 2),  # not a run folder: one line, exit 2
+    (["compare", "--help"], 0),
+])
+def test_help_and_compare_import_neither_torch_nor_lightning(args, code, tmp_path):
+    (tmp_path / "notes").mkdir()
+    result = subprocess.run([sys.executable, "-c", LIGHT.format(args=args)], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen == {"code": code, "imported": []}
+    if args == ["compare", "notes"]:
+        assert result.stderr.strip().splitlines() == [
+            "lightning-gen: error: 'notes' is not a run folder (no config.yaml in it)"]
+
+
+def test_help_into_a_closed_pipe_is_not_a_traceback():
+    """`lightning-gen --help | head -1`: the reader leaves before the list is written."""
+    child = subprocess.Popen([sys.executable, "-m", "lightning_gen", "--help"], cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # before the child's interpreter has started
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 0, err
+    assert err == ""
+
+
 # A child process that imports what `lightning-gen <args>` imports, then counts the calls of
 # inspect.getmodule (pydantic's stack walk, each call a loop over sys.modules on Python < 3.13)
 # while an offline W&B run starts and finishes.
