@@ -16,10 +16,10 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 os.environ.setdefault("WANDB_INIT_TIMEOUT", "60")
-# The suite runs in pytest-xdist workers (pyproject.toml: `-n auto`), one test per core at a
-# time: each worker's torch, and the processes its tests start, get the worker's share of the
-# cores (on 2 cores, 1 each; 2 threads each made OpenMP spin against the other worker's and
-# the suite was no faster than one process).
+# In pytest-xdist workers (`-n auto`, README), one test per core at a time: each worker's
+# torch, and the processes its tests start, get the worker's share of the cores (on 2 cores,
+# 1 each; 2 threads each made OpenMP spin against the other worker's and the suite was no
+# faster than one process).
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 THREADS = max(1, min(2, CORES // WORKERS))

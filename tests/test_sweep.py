@@ -104,10 +104,13 @@ def test_a_killed_sweep_goes_on_where_it_stopped_with_exactly_n_trials(capsys):
     try:  # killed (SIGKILL, no clean-up) during its second trial
         wait_for(lambda: (trials_where(TrialState.COMPLETE) and trials_where(TrialState.RUNNING))
                  or proc.poll() is not None)
-        assert proc.poll() is None, "the sweep ended before it could be killed in its 2nd trial"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        ended = proc.poll()
+        if ended is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        output = proc.communicate()[0]
+    assert ended is None, (f"the sweep ended (exit {ended}) before it could be killed in its 2nd "
+                           f"trial:\n{output[-3000:]}")
     killed = trials_where(TrialState.RUNNING)[0]
     # The same command (trials in processes of their own this time) goes on.
     main(["sweep", *SWEEP, "--trials", "2", "--trainer.max_steps", "200"])
