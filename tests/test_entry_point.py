@@ -39,19 +39,23 @@ import lightning_gen.cli  # imported by the command
 """
 
 
+def side_by_side(children: dict[str, subprocess.Popen]) -> dict:
+    """Wait for child processes started together (each mostly imports, on one core), reap all
+    of them before any assertion, and return the JSON each printed last."""
+    outputs = {name: child.communicate(timeout=300) for name, child in children.items()}
+    for name, child in children.items():
+        assert child.returncode == 0, outputs[name][1][-3000:]
+    return {name: json.loads(out.strip().splitlines()[-1]) for name, (out, _) in outputs.items()}
+
+
 @pytest.fixture(scope="module")
 def gc_probes() -> dict:
-    """A plain import of the CLI and the command's process, probed side by side (each child
-    mostly imports, on one core)."""
-    children = {name: subprocess.Popen(
+    """A plain import of the CLI and the command's process, probed side by side."""
+    return side_by_side({name: subprocess.Popen(
         [sys.executable, "-c", PROBE.format(code=code)], cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for name, code in (("import", "import lightning_gen.cli"), ("entry", ENTRY))}
-    outputs = {name: child.communicate(timeout=300) for name, child in children.items()}
-    for name, child in children.items():  # both reaped before any assertion
-        assert child.returncode == 0, outputs[name][1][-3000:]
-    return {name: json.loads(out.strip().splitlines()[-1]) for name, (out, _) in outputs.items()}
+        for name, code in (("import", "import lightning_gen.cli"), ("entry", ENTRY))})
 
 
 def test_the_console_script_is_the_entry_point_module():
@@ -149,7 +153,7 @@ WITH = ["fit", "--config", "experiments/vae_mnist.yaml",
 
 @pytest.fixture(scope="module")
 def wandb_probes(tmp_path_factory) -> dict:
-    """Both probes, run side by side (each child mostly imports, on one core)."""
+    """Both probes, run side by side."""
     children = {}
     for name, args in (("without", WITHOUT), ("with", WITH)):
         folder = tmp_path_factory.mktemp(f"wandb-{name}")
@@ -160,10 +164,7 @@ def wandb_probes(tmp_path_factory) -> dict:
         children[name] = subprocess.Popen(
             [sys.executable, "-c", WANDB_PROBE.format(args=args)], cwd=folder, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    outputs = {name: child.communicate(timeout=300) for name, child in children.items()}
-    for name, child in children.items():  # both reaped before any assertion
-        assert child.returncode == 0, outputs[name][1][-3000:]
-    return {name: json.loads(out.strip().splitlines()[-1]) for name, (out, _) in outputs.items()}
+    return side_by_side(children)
 
 
 def test_wandb_imported_after_lightning_walks_the_stack_for_its_models(wandb_probes):
