@@ -72,6 +72,22 @@ class RunConfigCallback(SaveConfigCallback):
 
 
 class LightningGenCLI(LightningCLI):
+    def __init__(self, *args, **kwargs) -> None:
+        # `lightning-gen fit ...` needs only fit's parser: building the other three subcommands'
+        # (validate, test, predict) cost ~0.3 s of every run's start-up (benchmarks/README.md,
+        # "One subcommand's parser"). Any other first argument gets all four, so errors and
+        # top-level options read as LightningCLI's.
+        argv = kwargs.get("args")
+        argv = sys.argv[1:] if argv is None else argv
+        first = argv[0] if isinstance(argv, (list, tuple)) and argv else None
+        self._only_subcommand = first if first in LightningCLI.subcommands() else None
+        super().__init__(*args, **kwargs)
+
+    def subcommands(self) -> dict[str, set[str]]:
+        every = LightningCLI.subcommands()
+        only = getattr(self, "_only_subcommand", None)
+        return {only: every[only]} if only else every
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Build the model for the data it will see.
         parser.link_arguments("data.image_shape", "model.init_args.image_shape",

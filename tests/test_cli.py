@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning.pytorch.cli import LightningCLI
 from PIL import Image
 
 from lightning_gen.cli import LightningGenCLI, main
@@ -97,6 +98,38 @@ def test_bad_value_is_one_line_without_traceback(capsys):
               "--model.init_args.n_critic", "0"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and "n_critic must be >= 1" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["fit", "validate"])
+def test_a_subcommand_builds_only_its_own_parser_and_resolves_the_same_config(
+        command, capsys, monkeypatch):
+    args = [command, "--config", str(ROOT / "experiments/vae_mnist.yaml"), "--print_config"]
+    built = []
+    prepare = LightningGenCLI._prepare_subcommand_parser
+
+    def counted(self, klass, subcommand, **kwargs):
+        built.append(subcommand)
+        return prepare(self, klass, subcommand, **kwargs)
+
+    monkeypatch.setattr(LightningGenCLI, "_prepare_subcommand_parser", counted)
+    with pytest.raises(SystemExit):
+        main(args)
+    alone = capsys.readouterr().out
+    assert built == [command]
+    # All four parsers, as LightningCLI builds them: the printed config is the same.
+    monkeypatch.setattr(LightningGenCLI, "subcommands", lambda self: LightningCLI.subcommands())
+    built.clear()
+    with pytest.raises(SystemExit):
+        main(args)
+    assert built == ["fit", "validate", "test", "predict"]
+    assert "vae_mnist" in alone and capsys.readouterr().out == alone
+
+
+def test_an_unknown_subcommand_lists_all_four(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fitt", "--config", str(ROOT / "experiments/quickstart.yaml")])
+    assert info.value.code != 0
+    assert "'fit', 'validate', 'test', 'predict'" in capsys.readouterr().err
 
 
 def test_quickstart_writes_samples_checkpoint_and_wandb_run_and_says_where(capsys):
