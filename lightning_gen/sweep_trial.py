@@ -33,6 +33,7 @@ PRUNERS = {"median": "MedianPruner", "percentile": "PercentilePruner",
            "hyperband": "HyperbandPruner", "successive_halving": "SuccessiveHalvingPruner",
            "threshold": "ThresholdPruner", "patient": "PatientPruner", "none": "NopPruner"}
 SQLITE_TIMEOUT_S = 60
+STORAGE_ATTEMPTS = 5  # make_storage: opening attempts when another process creates the tables
 
 
 def make_pruner(name: str, kwargs: dict[str, Any] | None = None):
@@ -51,11 +52,31 @@ def make_pruner(name: str, kwargs: dict[str, Any] | None = None):
 
 
 def make_storage(url: str, **kwargs):
-    """Optuna's RDB storage; SQLite waits up to a minute for a lock held by another worker."""
+    """Optuna's RDB storage; SQLite waits up to a minute for a lock held by another worker.
+
+    Opening a storage creates Optuna's tables and version rows where they are missing, and
+    SQLAlchemy checks whether a table exists before it creates it. Two processes opening a new
+    database at once (a second worker, Optuna's dashboard or any reader started as the sweep
+    begins) can both find a table missing; the later one then fails with "table ... already
+    exists" (or a duplicate version row), although the tables are complete a moment later. So
+    such a failure opens the storage again (a few times, 0.2 s apart and more) instead of
+    ending the sweep with a traceback.
+    """
+    import time
+
     import optuna
+    import sqlalchemy.exc
 
     engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith(
         "sqlite") else {}
+    for attempt in range(1, STORAGE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
+            if not (isinstance(err, sqlalchemy.exc.IntegrityError)
+                    or "already exists" in str(err)):
+                raise
+            time.sleep(0.2 * attempt)
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
 
 

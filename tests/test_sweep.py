@@ -14,11 +14,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 from PIL import Image
 
 from lightning_gen.cli import main
+from lightning_gen.sweep_trial import make_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "quickstart_lr"
@@ -125,6 +127,31 @@ def test_a_killed_sweep_goes_on_where_it_stopped_with_exactly_n_trials(capsys):
             == [sys.executable, "-m", "lightning_gen"])  # a process of its own
     out = capsys.readouterr().out
     assert "2 of 2 trials finished" in out and f"retry of trial {killed.number}" in out
+
+
+def test_a_new_study_file_whose_tables_another_process_creates_meanwhile_still_opens(
+        tmp_path, monkeypatch):
+    # SQLAlchemy checks whether each table exists, then creates it. Here another process (a
+    # reader such as Optuna's dashboard, or a second worker) creates the tables in between, so
+    # SQLite's own "table studies already exists" error is raised; the storage opens again.
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    create_all = sqlalchemy.MetaData.create_all
+    calls = []
+
+    def raced(self, bind, tables=None, checkfirst=True):
+        calls.append(checkfirst)
+        if len(calls) == 1:
+            other = sqlalchemy.create_engine(url)
+            create_all(self, other)
+            other.dispose()
+            checkfirst = False  # this process had found the tables missing
+        return create_all(self, bind, tables, checkfirst)
+
+    monkeypatch.setattr(sqlalchemy.MetaData, "create_all", raced)
+    storage = make_storage(url)
+    assert len(calls) == 2
+    optuna.create_study(study_name="s", storage=storage).optimize(lambda t: 1.0, n_trials=1)
+    assert [t.value for t in optuna.load_study(study_name="s", storage=url).trials] == [1.0]
 
 
 def test_two_workers_on_one_study_run_n_trials_in_all_none_twice():
