@@ -5,6 +5,7 @@ CPU-sized: tiny networks on scikit-learn's digits (16x16), a few optimizer steps
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -375,6 +376,29 @@ def test_cpu_training_flushes_denormals_for_the_run_only(flush):
     trainer.fit(GANS["dcgan"](), digits())
     assert probe.kept and set(probe.kept) == {not flush}
     assert (torch.tensor([1e-40]) * 1.0).item() != 0.0  # after the run: IEEE again
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_a_cpu_run_of_the_command_flushes_denormals_in_every_torch_thread(flush, tmp_path):
+    # Each of torch's intra-op threads has its own floating-point control, copied from the
+    # thread that starts it (Performance.setup flushes in the main thread, so nothing may start
+    # the threads before it); the probe's multiplication is split among 2 threads.
+    out = tmp_path / "probe.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "DENORMAL_PROBE_OUT": str(out),
+           "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_gen", "fit", "--config",
+         str(ROOT / "experiments/quickstart.yaml"), "--trainer.accelerator", "cpu",
+         "--trainer.max_steps", "4", "--trainer.logger", "false",
+         "--trainer.enable_progress_bar", "false", "--data.image_size", "16",
+         "--data.batch_size", "8", "--images.every_n_epochs", "0",
+         "--trainer.callbacks+=tests.denormal_probe.DenormalProbe",
+         "--performance.flush_denormal", str(flush).lower()],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    probe = json.loads(out.read_text())
+    assert probe["threads"] == 2 and len(probe["kept"]) == 2  # 2 batches (4 D+G steps)
+    assert probe["kept"] == ([0.0, 0.0] if flush else [1.0, 1.0])
 
 
 class _Recorder(L.Callback):

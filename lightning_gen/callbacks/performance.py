@@ -54,7 +54,11 @@ class Performance(Callback):
             on them many times slower: the DCGAN of ``dcgan_mnist.yaml`` took 9.1 s per epoch
             without and 7.9 s with on a 2-core CPU. Results change only where a value is that
             small; GPU runs are not affected (the setting is the CPU's). ``false`` keeps
-            IEEE denormals.
+            IEEE denormals. The setting is each thread's own, and torch's intra-op threads
+            copy it from the thread that starts them, at the first operation large enough to
+            be split: set here (``setup``), it holds for all of them when nothing before the
+            run has started them, as in the CLI's runs of the experiments (tested); in a
+            notebook whose threads already run, it reaches the training thread's share only.
         keep_freed_memory: When the model trains on the CPU (Linux, glibc), keep memory that
             freed tensors leave in the process for the next step's tensors, rather than giving it
             back to the operating system and faulting it in again page by page at every step
