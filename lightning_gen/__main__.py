@@ -27,7 +27,11 @@ more for the whole command on a 2-core CPU, than when the same modules are impor
 The top-level help and ``compare`` import neither torch nor Lightning
 (:func:`lightning_gen.commands.run_without_torch`): they run before any of this.
 
-Only the process entry point does either: :func:`lightning_gen.cli.main` called in a process of
+It also tells the CLI that torch has started no thread yet, so that a CPU run flushes
+denormals to zero in every intra-op thread
+(:func:`lightning_gen.callbacks.performance.flush_denormals_before_threads`).
+
+Only the process entry point does any of this: :func:`lightning_gen.cli.main` called in a process of
 someone else's (a notebook, the tests, a sweep's in-process trials) leaves the collector alone.
 """
 
@@ -84,7 +88,7 @@ def main(args: list[str] | None = None) -> None:
         if enabled:
             gc.enable()
     try:
-        cli_main(args)
+        cli_main(args, new_process=True)
     finally:
         gc.freeze()  # the exit's collections would walk every object of the run once more
 

@@ -29,7 +29,7 @@ from datamodules.base import DatasetNotFoundError, ImageDataModule
 from lightning_gen import faults
 from lightning_gen.callbacks.images import ImageGridCallback
 from lightning_gen.callbacks.metrics_file import MetricsFile
-from lightning_gen.callbacks.performance import Performance
+from lightning_gen.callbacks.performance import Performance, flush_denormals_before_threads
 from lightning_gen.callbacks.progress import ProgressBar
 from lightning_gen.callbacks.training_metrics import TrainingMetrics
 from lightning_gen.checkpoints import safe_globals
@@ -81,6 +81,8 @@ class LightningGenCLI(LightningCLI):
         argv = sys.argv[1:] if argv is None else argv
         first = argv[0] if isinstance(argv, (list, tuple)) and argv else None
         self._only_subcommand = first if first in LightningCLI.subcommands() else None
+        # True from the `lightning-gen` process's entry point: torch has started no thread yet.
+        self._new_process = kwargs.pop("new_process", False)
         super().__init__(*args, **kwargs)
 
     def subcommands(self) -> dict[str, set[str]]:
@@ -152,6 +154,10 @@ class LightningGenCLI(LightningCLI):
         return trainer
 
     def before_instantiate_classes(self) -> None:
+        if self.subcommand is not None and self._new_process:
+            # Before the model is built (which can start torch's intra-op threads), so that
+            # every thread flushes denormals (lightning_gen.callbacks.performance).
+            flush_denormals_before_threads(self.config[self.subcommand])
         if self.subcommand is not None:
             _wandb_agent_run(self.config[self.subcommand])
             _resume_latest_run(self.config[self.subcommand])
@@ -298,8 +304,9 @@ def default_logger() -> dict:
     return {"class_path": "lightning_gen.loggers.WandbLogger", "init_args": {"save_dir": "runs"}}
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``lightning-gen`` console script."""
+def main(args: list[str] | None = None, *, new_process: bool = False) -> None:
+    """Run ``lightning-gen`` (``args``: default ``sys.argv[1:]``). ``new_process``: called by the
+    process's entry point (:mod:`lightning_gen.__main__`), before torch has started any thread."""
     argv = sys.argv[1:] if args is None else list(args)
     # The top-level help (every command, LightningCLI's and ours) and `compare` (run folders
     # side by side, offline): lightning_gen.commands.
@@ -326,6 +333,7 @@ def main(args: list[str] | None = None) -> None:
             trainer_defaults={"logger": default_logger()},
             parser_kwargs={"description": DESCRIPTION},
             args=args,
+            new_process=new_process,
         )
     except faults.REPORTED as err:
         # A signal, a damaged data file, a checkpoint that could not be written: one line

@@ -56,9 +56,11 @@ class Performance(Callback):
             small; GPU runs are not affected (the setting is the CPU's). ``false`` keeps
             IEEE denormals. The setting is each thread's own, and torch's intra-op threads
             copy it from the thread that starts them, at the first operation large enough to
-            be split: set here (``setup``), it holds for all of them when nothing before the
-            run has started them, as in the CLI's runs of the experiments (tested); in a
-            notebook whose threads already run, it reaches the training thread's share only.
+            be split. Set here (``setup``) it reaches threads that start later only, so a
+            ``lightning-gen`` process sets it before the model is built
+            (:func:`flush_denormals_before_threads`): building a model can start them (the
+            copy of G for ``ema_decay > 0``). In a notebook whose threads already run it
+            reaches the training thread's share of each operation only.
         keep_freed_memory: When the model trains on the CPU (Linux, glibc), keep memory that
             freed tensors leave in the process for the next step's tensors, rather than giving it
             back to the operating system and faulting it in again page by page at every step
@@ -111,3 +113,35 @@ class Performance(Callback):
         if self.flushing:  # the process's default again (other code in it expects IEEE)
             torch.set_flush_denormal(False)
             self.flushing = False
+
+
+def will_train_on_cpu(accelerator: object) -> bool:
+    """Whether a Trainer given ``--trainer.accelerator accelerator`` trains on the CPU: ``cpu``,
+    or ``auto`` on a machine where Lightning finds no CUDA, MPS or XLA device."""
+    if not isinstance(accelerator, str):
+        return False  # an Accelerator object or class path: not ours to guess
+    if accelerator.lower() != "auto":
+        return accelerator.lower() == "cpu"
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
+
+    return not any(a.is_available() for a in (CUDAAccelerator, MPSAccelerator, XLAAccelerator))
+
+
+def flush_denormals_before_threads(config) -> bool:
+    """Flush denormals to zero now, for a run whose config (a subcommand's: ``performance``,
+    ``trainer``) trains on the CPU with ``performance.flush_denormal`` on; return whether it did.
+
+    ``torch.set_flush_denormal`` sets the calling thread's floating-point control (x86's
+    MXCSR), and each of torch's intra-op (OpenMP) threads copies it from the thread that starts
+    it, at the first operation large enough to be split. :meth:`Performance.setup` runs after
+    the model is built, and building one can start the threads (``ema_decay > 0`` copies the
+    generator): those threads then went on with denormals at their slow speed, and the flush
+    held for the main thread's share of each operation only. The ``lightning-gen`` process
+    (:mod:`lightning_gen.__main__`) calls this after parsing its config and before building
+    anything, so every intra-op thread inherits the setting.
+    """
+    if not config.get("performance.flush_denormal", True):
+        return False
+    if not will_train_on_cpu(config.get("trainer.accelerator", "auto")):
+        return False
+    return torch.set_flush_denormal(True)
