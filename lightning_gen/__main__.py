@@ -31,8 +31,9 @@ It also tells the CLI that torch has started no thread yet, so that a CPU run fl
 denormals to zero in every intra-op thread
 (:func:`lightning_gen.callbacks.performance.flush_denormals_before_threads`).
 
-Only the process entry point does any of this: :func:`lightning_gen.cli.main` called in a process of
-someone else's (a notebook, the tests, a sweep's in-process trials) leaves the collector alone.
+Only the process entry point does any of this: :func:`lightning_gen.cli.main` called in a
+process of someone else's (a notebook, the tests, a sweep's in-process trials) leaves the
+collector alone.
 """
 
 from __future__ import annotations

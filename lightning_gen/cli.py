@@ -154,15 +154,17 @@ class LightningGenCLI(LightningCLI):
         return trainer
 
     def before_instantiate_classes(self) -> None:
-        if self.subcommand is not None and self._new_process:
+        if self.subcommand is None:
+            return
+        config = self.config[self.subcommand]
+        if self._new_process:
             # Before the model is built (which can start torch's intra-op threads), so that
             # every thread flushes denormals (lightning_gen.callbacks.performance).
-            flush_denormals_before_threads(self.config[self.subcommand])
-        if self.subcommand is not None:
-            _wandb_agent_run(self.config[self.subcommand])
-            _resume_latest_run(self.config[self.subcommand])
-            merge_last(self, getattr(self, "_argv", []))
-            set_wandb_defaults(self.config[self.subcommand], job_type=self.subcommand)
+            flush_denormals_before_threads(config)
+        _wandb_agent_run(config)
+        _resume_latest_run(config)
+        merge_last(self, getattr(self, "_argv", []))
+        set_wandb_defaults(self.config[self.subcommand], job_type=self.subcommand)
 
     # Missing data, and a model built for other images or labels, are reported before anything
     # is written (no run folder, no W&B run).
