@@ -87,7 +87,7 @@ class LightningGenCLI(LightningCLI):
 
     def subcommands(self) -> dict[str, set[str]]:
         every = LightningCLI.subcommands()
-        only = getattr(self, "_only_subcommand", None)
+        only = self._only_subcommand
         return {only: every[only]} if only else every
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -3,8 +3,9 @@
 ``fit``, ``validate`` and ``test`` are LightningCLI subcommands (``lightning-gen fit --help`` is
 LightningCLI's own help, every option of the model, the data and the Trainer); ``evaluate``,
 ``sample`` and ``sweep`` are dispatched by :func:`lightning_gen.cli.main` to their own parsers
-before LightningCLI is built, ``compare`` by :func:`run_without_torch` below. LightningCLI's top-level help knows only its own subcommands (and
-``predict``, which no model here has a step for), so the top level prints this list instead.
+before LightningCLI is built, ``compare`` by :func:`run_without_torch` below. LightningCLI's
+top-level help knows only its own subcommands (and ``predict``, which no model here has a step
+for), so the top level prints this list instead.
 
 The top-level help and ``compare`` need neither torch nor Lightning: :func:`run_without_torch`
 runs them before anything else is imported (``lightning_gen.__main__``), so they answer in well
