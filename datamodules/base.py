@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, random_split
 from torchvision import transforms as T
 
 from datamodules.cache import (
+    ArrayImages,
     CacheError,
     cached_dataset,
     collate,
@@ -265,13 +266,17 @@ class ImageDataModule(L.LightningDataModule):
             self._load(split, download=self.download)
 
     def setup(self, stage: str | None = None) -> None:
+        self._setup_splits(stage)
         if getattr(self, "trainer", None) is not None:
-            self._workers()  # say a changed worker count now, not over the progress bar
+            # Say a changed worker count now, not over the progress bar.
+            self._workers(self.train_set if self.train_set is not None else self.test_set)
+
+    def _setup_splits(self, stage: str | None) -> None:
         if self.train_set is None and stage in (None, "fit", "validate"):
             if self.official_val_split:
                 self.train_set = self._load("train", download=False)
                 self.val_set = self._load("val", download=False)
-                return self.setup("test") if stage is None else None
+                return self._setup_splits("test") if stage is None else None
             full = self._load("train", download=False)
             n_val = int(round(len(full) * self.val_fraction))
             if n_val == 0:
@@ -316,7 +321,7 @@ class ImageDataModule(L.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a loader")
         # Never drop the only batch of a small dataset.
         drop_last = drop_last and len(dataset) >= self.batch_size
-        workers = self._workers()
+        workers = self._workers(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -330,18 +335,26 @@ class ImageDataModule(L.LightningDataModule):
             collate_fn=collate,
         )
 
-    def _workers(self) -> int:
-        """The DataLoader workers of this run (:func:`usable_workers`), said once in one line
-        when fewer than ``num_workers`` (from ``setup``, before a progress bar is drawn)."""
+    def _workers(self, dataset: Dataset | None) -> int:
+        """The DataLoader workers of this run for ``dataset`` (:func:`usable_workers`), said
+        once in one line when fewer than ``num_workers`` (from ``setup``, before a progress bar
+        is drawn)."""
         on_cpu = self._trains_on_cpu()
-        workers = usable_workers(self.num_workers, on_cpu)
+        from_array = reads_batches_from_array(dataset)
+        workers = usable_workers(self.num_workers, on_cpu, from_array)
         if workers != self.num_workers and not getattr(self, "_said_workers", False):
             self._said_workers = True
-            why = (f"training on the CPU with {torch.get_num_threads()} torch thread(s)" if on_cpu
-                   else "the training process keeps a core")
+            if on_cpu and from_array:
+                why = ("training on the CPU from images held in one array: a batch is read "
+                       "faster in the training process than handed over by a worker")
+            elif on_cpu:
+                why = (f"{_usable_cores()} usable core(s), training on the CPU with "
+                       f"{torch.get_num_threads()} torch thread(s)")
+            else:
+                why = f"{_usable_cores()} usable core(s), the training process keeps a core"
             print(f"lightning-gen: {workers} DataLoader worker(s) instead of {self.num_workers} "
-                  f"({_usable_cores()} usable core(s), {why}; LIGHTNING_GEN_EXACT_WORKERS=1 "
-                  "keeps the number given)", file=sys.stderr, flush=True)
+                  f"({why}; LIGHTNING_GEN_EXACT_WORKERS=1 keeps the number given)",
+                  file=sys.stderr, flush=True)
         return workers
 
     def _trains_on_cpu(self) -> bool:
@@ -431,18 +444,34 @@ class ImageDataModule(L.LightningDataModule):
         )
 
 
-def usable_workers(num_workers: int, on_cpu: bool = False) -> int:
+def usable_workers(num_workers: int, on_cpu: bool = False, from_array: bool = False) -> int:
     """``num_workers`` capped at the CPU cores a worker would not take from training.
 
     The training process keeps one core (a GPU run), or as many as torch's intra-op threads
     when the model trains on the CPU (``on_cpu``): there every core already computes, and a
     worker only takes time from the step it is to feed (on a 2-core machine one MNIST worker
-    made a 3-epoch run 2-3 s slower; ``benchmarks/end_to_end.py``, ``-workers``).
-    ``LIGHTNING_GEN_EXACT_WORKERS=1`` keeps the number given."""
+    made a 3-epoch run 2-3 s slower; ``benchmarks/end_to_end.py``, ``-workers``). A CPU run
+    whose images are read a batch at a time from one uint8 array (``from_array``: MNIST and
+    CIFAR-10 in memory, the decoded-image cache; :func:`reads_batches_from_array`) gets no
+    worker even with cores to spare: receiving a batch from a worker costs the training
+    process more than reading it (vae_mnist, 1 torch thread on 2 cores: 1.6 against 0.55 ms
+    per batch, 3.2-3.4 against 2.9-3.0 s per epoch; ``benchmarks/README.md``, "Workers for
+    images in memory"). ``LIGHTNING_GEN_EXACT_WORKERS=1`` keeps the number given."""
     if num_workers <= 0 or os.environ.get("LIGHTNING_GEN_EXACT_WORKERS") == "1":
         return max(0, num_workers)
+    if on_cpu and from_array:
+        return 0
     busy = max(1, torch.get_num_threads()) if on_cpu else 1
     return min(num_workers, max(0, _usable_cores() - busy))
+
+
+def reads_batches_from_array(dataset: Dataset | None) -> bool:
+    """Whether ``dataset`` (through any ``Subset``) serves its batches from one uint8 array,
+    a batch as one read and one conversion (:class:`~datamodules.cache.ArrayImages`: images
+    held in memory, or the memory-mapped decoded-image cache)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return isinstance(dataset, ArrayImages)
 
 
 def _usable_cores() -> int:
