@@ -455,7 +455,7 @@ def usable_workers(num_workers: int, on_cpu: bool = False, from_array: bool = Fa
     CIFAR-10 in memory, the decoded-image cache; :func:`reads_batches_from_array`) gets no
     worker even with cores to spare: receiving a batch from a worker costs the training
     process more than reading it (vae_mnist, 1 torch thread on 2 cores: 1.6 against 0.55 ms
-    per batch, 3.2-3.4 against 2.9-3.0 s per epoch; ``benchmarks/README.md``, "Workers for
+    per batch, 3.2-3.4 against 2.9-3.0 s per epoch; ``benchmarks/README.md``, "no worker for
     images in memory"). ``LIGHTNING_GEN_EXACT_WORKERS=1`` keeps the number given."""
     if num_workers <= 0 or os.environ.get("LIGHTNING_GEN_EXACT_WORKERS") == "1":
         return max(0, num_workers)
