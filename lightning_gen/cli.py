@@ -196,6 +196,9 @@ class LightningGenCLI(LightningCLI):
             ckpt_path = _requeued_checkpoint(self.trainer)
             if ckpt_path is not None:
                 self.config_init[self.subcommand]["ckpt_path"] = ckpt_path
+        if ckpt_path is None:  # a new run: not into an earlier run's folder
+            faults.check_new_run_folder(self.trainer, self.save_config_kwargs.get(
+                "config_filename", "config.yaml"))
         ckpt = checkpoint_to_resume(self, ckpt_path)
         if ckpt is not None and isinstance(self.model, GenerativeModel):
             # Only the base class's shape check (subclasses also restore state there).

@@ -7,8 +7,8 @@ line that says what happened and what to do.
 * :class:`SaveOnInterrupt`: SIGTERM (a scheduler, ``timeout``, ``docker stop``) or SIGINT
   (Ctrl-C) during ``fit`` stops at the next batch boundary with a checkpoint of that state; a
   damaged data file met during training stops the run after saving the state before it.
-* :func:`check_ckpt_path` and :func:`check_run_folder`: user errors reported before the run
-  folder and the W&B run exist.
+* :func:`check_ckpt_path`, :func:`check_run_folder` and :func:`check_new_run_folder`: user
+  errors reported before the run folder and the W&B run exist.
 * :func:`report`: the one line (and exit status) the CLI prints for each of these.
 """
 
@@ -28,6 +28,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from datamodules.base import CorruptDataError
+from lightning_gen.callbacks.metrics_file import METRICS_FILE
 from lightning_gen.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from lightning_gen.runs import run_dir
 
@@ -210,6 +211,31 @@ def check_run_folder(trainer: Trainer) -> None:
     raise ValueError(
         f"cannot create the run folder {folder}: {existing} is {why}. Choose a writable "
         "folder with --trainer.logger.init_args.save_dir (or --trainer.default_root_dir)")
+
+
+def check_new_run_folder(trainer: Trainer, config_filename: str = "config.yaml") -> None:
+    """A new run (``fit`` with no checkpoint to go on from) must not write into an earlier run's
+    folder: its ``config.yaml`` would be replaced and its rows appended to the earlier run's
+    ``metrics.csv`` (steps from 0 again, the summary's best values taken over both runs).
+
+    Runs of the suite's W&B logger and of Lightning's CSV/TensorBoard loggers get a fresh folder
+    each; a run without a logger writes into ``--trainer.default_root_dir`` (the working
+    directory by default), where the previous such run did. Checked on global rank 0 only:
+    under Lightning's own DDP launcher the other ranks start after rank 0 has begun writing."""
+    if not trainer.is_global_zero:
+        return
+    folder = run_dir(trainer).absolute()
+    found = [name for name in (config_filename, METRICS_FILE) if (folder / name).is_file()]
+    if not found:
+        return
+    last = folder / "checkpoints" / "last.ckpt"
+    go_on = (f", or continue that run: the same command with --ckpt_path {last}"
+             if last.is_file() else "")
+    raise ValueError(
+        f"the run folder {folder} already holds a run ({', '.join(found)}); a new run would "
+        "replace its config and mix its metrics with this one's. Give the new run a folder of "
+        "its own: --trainer.default_root_dir DIR (the run folder when --trainer.logger is "
+        f"false; the working directory by default){go_on}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning import Callback, Trainer
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 
+from lightning_gen.callbacks.metrics_file import FollowingLogger
 from lightning_gen.runs import atomic_write, run_dir
 
 ENV = "LIGHTNING_GEN_SWEEP_TRIAL"
@@ -162,31 +163,8 @@ class TrialReporter(Callback):
         atomic_write(self.result_path, lambda tmp: Path(tmp).write_text(text))
 
 
-class _ReporterLogger(Logger):
+class _ReporterLogger(FollowingLogger):
     """Receives every logged value after the run's loggers; no folder, no files of its own."""
-
-    def __init__(self, owner: TrialReporter) -> None:
-        super().__init__()
-        self.owner = owner
-
-    @property
-    def name(self) -> str:
-        others = [lg for lg in (self.owner.trainer.loggers if self.owner.trainer else [])
-                  if lg is not self]
-        return others[0].name if others else ""
-
-    @property
-    def version(self) -> int | str:
-        others = [lg for lg in (self.owner.trainer.loggers if self.owner.trainer else [])
-                  if lg is not self]
-        return others[0].version if others else ""
-
-    @property
-    def log_dir(self) -> None:
-        return None
-
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.owner.report(metrics, step)

@@ -187,6 +187,39 @@ def test_without_a_logger_files_go_to_default_root_dir_as_before():
     assert not Path("runs").exists()
 
 
+def test_a_new_run_refuses_the_folder_of_an_earlier_run_without_a_logger(capsys):
+    args = ["fit", "--config", QUICKSTART, "--trainer.max_steps", "2", "--trainer.logger",
+            "false", "--trainer.default_root_dir", "out", "--trainer.log_every_n_steps", "1",
+            *FAST]
+    main(args)
+    out = Path("out")
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    before = {name: (out / name).read_bytes() for name in files}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        main([*args, "--model.init_args.lr_g", "0.001"])  # another run, same folder
+    assert stopped.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"lightning-gen: error: the run folder {out.absolute()} already "
+                           "holds a run (config.yaml, metrics.csv)")
+    assert line.endswith(f"--ckpt_path {out.absolute() / 'checkpoints/last.ckpt'}")
+    # Nothing of the earlier run changed, nothing was added (no last-v1.ckpt).
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == files
+    assert {name: (out / name).read_bytes() for name in files} == before
+
+
+def test_a_run_without_a_logger_continues_in_its_folder():
+    args = ["fit", "--config", QUICKSTART, "--trainer.logger", "false",
+            "--trainer.default_root_dir", "out", "--trainer.log_every_n_steps", "1", *FAST]
+    main([*args, "--trainer.max_steps", "2"])
+    first = read_rows(Path("out/metrics.csv"))
+    main([*args, "--trainer.max_steps", "4", "--ckpt_path", "out/checkpoints/last.ckpt"])
+    rows = read_rows(Path("out/metrics.csv"))
+    assert rows[: len(first)] == first and {r["step"] for r in rows[len(first):]} == {1}
+    main([*args, "--trainer.max_steps", "6", "--ckpt_path", "last"])
+    assert {r["step"] for r in read_rows(Path("out/metrics.csv"))} == {0, 1, 2}
+
+
 def test_sigkill_mid_run_leaves_only_complete_rows(tmp_path):
     cmd = [sys.executable, "-m", "lightning_gen.cli", "fit", "--config", QUICKSTART,
            "--trainer.max_steps", "100000", "--trainer.log_every_n_steps", "1",

@@ -99,6 +99,23 @@ def test_three_trial_sweep_runs_three_runs_ranks_them_and_plots(capsys):
         assert list(csv.DictReader(f)) == ranking
 
 
+def test_trials_without_a_logger_each_get_a_run_folder_of_their_own():
+    main(["sweep", *SWEEP, "--trials", "2", "--in_process", "true",
+          "--trainer.max_steps", "4", "--trainer.logger", "false"])
+    trials = study().trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    runs = sorted(Path(f"runs/sweeps/{NAME}/runs").iterdir())
+    assert [Path(t.user_attrs["run_dir"]).absolute() for t in trials] == [
+        r.absolute() for r in runs]
+    for t in trials:  # its own values and metrics, not another trial's
+        run = Path(t.user_attrs["run_dir"])
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["model"]["init_args"]["lr_g"] == t.params["model.init_args.lr_g"]
+        with open(run / "metrics.csv", newline="") as f:
+            assert sorted({int(r["step"]) for r in csv.DictReader(f)}) == [0, 1]
+    assert not Path("config.yaml").exists() and not Path("metrics.csv").exists()
+
+
 def test_a_killed_sweep_goes_on_where_it_stopped_with_exactly_n_trials(capsys):
     # 200 steps a trial: the second trial runs long enough to be seen RUNNING on a loaded
     # machine (with 6 steps it could end between two looks, and the test waited in vain).

@@ -130,22 +130,21 @@ class Summary:
         return {name: dict(self.entries[name]) for name in sorted(self.entries)}
 
 
-class MetricsFileLogger(Logger):
-    """The logger half of :class:`MetricsFile`: receives what the run's loggers receive.
+class FollowingLogger(Logger):
+    """A logger that follows the run's own loggers: placed after them, it takes the first one's
+    ``name`` and ``version`` (so the progress bar's ``v_num`` and everything else Lightning
+    derives from the first logger stay as they were) and has no folder of its own. Other
+    following loggers are skipped when looking for the first one, so two of them without a run
+    logger (``logger=False``) do not ask each other forever. ``owner.trainer``: the Trainer."""
 
-    Placed after the run's loggers it changes nothing Lightning derives from the first logger
-    (run folder, checkpoint folder, progress-bar version). Alone (``logger=False``) it stands
-    where no logger would: ``save_dir`` is ``default_root_dir``, ``name`` and ``version`` are
-    empty, so checkpoints still go to ``default_root_dir/checkpoints``.
-    """
-
-    def __init__(self, owner: MetricsFile) -> None:
+    def __init__(self, owner: Any) -> None:
         super().__init__()
         self.owner = owner
 
     def _first_other(self) -> Logger | None:
         trainer = self.owner.trainer
-        others = [lg for lg in (trainer.loggers if trainer else []) if lg is not self]
+        others = [lg for lg in (trainer.loggers if trainer else [])
+                  if not isinstance(lg, FollowingLogger)]
         return others[0] if others else None
 
     @property
@@ -155,15 +154,8 @@ class MetricsFileLogger(Logger):
 
     @property
     def version(self) -> int | str:
-        # The first logger's version, so that Lightning's joined version of all loggers (the
-        # progress bar's v_num) stays what it was without this logger.
         other = self._first_other()
         return other.version if other is not None else ""
-
-    @property
-    def save_dir(self) -> str | None:
-        trainer = self.owner.trainer
-        return trainer.default_root_dir if trainer is not None else None
 
     @property
     def log_dir(self) -> None:
@@ -171,6 +163,21 @@ class MetricsFileLogger(Logger):
 
     def log_hyperparams(self, params, *args, **kwargs) -> None:
         pass
+
+
+class MetricsFileLogger(FollowingLogger):
+    """The logger half of :class:`MetricsFile`: receives what the run's loggers receive.
+
+    Placed after the run's loggers it changes nothing Lightning derives from the first logger
+    (run folder, checkpoint folder, progress-bar version). Alone (``logger=False``) it stands
+    where no logger would: ``save_dir`` is ``default_root_dir``, ``name`` and ``version`` are
+    empty, so checkpoints still go to ``default_root_dir/checkpoints``.
+    """
+
+    @property
+    def save_dir(self) -> str | None:
+        trainer = self.owner.trainer
+        return trainer.default_root_dir if trainer is not None else None
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.owner.write(metrics, step)
