@@ -19,7 +19,9 @@ same precision are trained by
 All are timed the same way: ``--warmup`` steps excluded, CUDA synchronised before reading the
 clock, images/s = real images consumed (one batch per discriminator step for GANs) / seconds;
 images/CPU-s divides by the process's CPU time instead (robust on a machine shared with other
-jobs, meaningless on CUDA). With ``--repeats N`` the loops alternate N times and the best is kept.
+jobs, meaningless on CUDA). With ``--repeats N`` the loops alternate N times and the best is kept
+(on CPU by default 3 times for the models whose timed loop lasts under 2 s, all but PGGAN and
+BigGAN).
 After the Markdown table, one JSON object per row (model, setup, images/s of the set-up and
 of the hand loop, ratio, ...) is printed on its own line inside an HTML comment: ``grep '^{'``.
 
@@ -79,6 +81,10 @@ class Spec:
     n_critic: int = 1  # batches per full iteration (warm-up and timed steps are multiples)
     cpu_batch: int | None = None  # batch on CPU when --batch-size is not given
     cpu_steps: int = 10  # timed steps on CPU when --steps is not given
+    # Alternated measurements on CPU when --repeats is not given (the best is kept): a loop
+    # timed for a second or two moves with any hiccup of the machine (3 for those, 1 for the
+    # models whose timed loop lasts several seconds).
+    cpu_repeats: int = 1
 
 
 class Amp:
@@ -389,16 +395,18 @@ def seeded(fn: Callable[[int], L.LightningModule]) -> Callable[[int], L.Lightnin
 
 SPECS: dict[str, Spec] = {
     "dcgan": Spec(seeded(lambda w: DCGAN(image_shape=CIFAR, latent_dim=100, g_width=w, d_width=w)),
-                  gan_hand_loop(dcgan_d_loss, losses.gan_generator_loss_nonsaturating)),
+                  gan_hand_loop(dcgan_d_loss, losses.gan_generator_loss_nonsaturating),
+                  cpu_repeats=3),
     "wgan_gp": Spec(seeded(lambda w: WGANGP(image_shape=CIFAR, latent_dim=128, g_width=w,
                                             d_width=w, n_critic=5)),
                     gan_hand_loop(wgan_gp_d_loss, losses.wasserstein_generator_loss),
-                    n_critic=5),
-    "vae": Spec(seeded(lambda w: VAE(image_shape=CIFAR, latent_dim=128, width=w)), vae_hand_loop),
+                    n_critic=5, cpu_repeats=3),
+    "vae": Spec(seeded(lambda w: VAE(image_shape=CIFAR, latent_dim=128, width=w)), vae_hand_loop,
+                cpu_repeats=3),
     # hidden must be a multiple of 2 * channels: 126 at width 64, 60 at width 32; 7 blocks.
     "pixelcnn": Spec(seeded(lambda w: PixelCNN(image_shape=CIFAR, hidden=6 * (2 * w // 6),
                                                n_layers=7)), pixelcnn_hand_loop,
-                     cpu_batch=16, cpu_steps=3),  # 256-way logits per sub-pixel: slow on CPU
+                     cpu_batch=16, cpu_steps=6, cpu_repeats=3),  # 256-way logits per sub-pixel
     "pggan": Spec(seeded(pggan_full_resolution),
                   gan_hand_loop(pggan_d_loss, losses.wasserstein_generator_loss),
                   cpu_batch=32, cpu_steps=5),
@@ -407,7 +415,7 @@ SPECS: dict[str, Spec] = {
     "stylegan2": Spec(seeded(lambda w: StyleGAN2(image_shape=CIFAR, latent_dim=8 * w,
                                                  w_dim=8 * w, channel_base=32 * w,
                                                  channel_max=w)), stylegan2_hand_loop,
-                      cpu_batch=16, cpu_steps=16),
+                      cpu_batch=16, cpu_steps=16, cpu_repeats=3),
     # BigGAN-PyTorch's CIFAR arch[32] (ch = width), attention at 16x16, ortho reg., EMA.
     "biggan": Spec(seeded(lambda w: BigGAN(image_shape=CIFAR, latent_dim=128, g_width=w,
                                            d_width=w, num_classes=10, attention_resolution=16,
@@ -662,11 +670,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=None,
                         help="base channel width of every network (64 = the papers' CIFAR-10 "
                              "networks, the CUDA default; CPU default 16 to finish in minutes)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="measure each loop this many times, alternating, keep the best")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="measure each loop this many times, alternating, keep the best "
+                             "(default on CPU: 3 where the timed loop lasts under 2 s, 1 for "
+                             "pggan and biggan; 1 on CUDA)")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps (rounded up to whole n_critic iterations); "
-                             "default 10 on CPU (PixelCNN 3), 100 on CUDA")
+                             "default 10 on CPU (PixelCNN 6), 100 on CUDA")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed steps first (default 1 iteration on CPU, 20 on CUDA)")
     parser.add_argument("--lightning", choices=["bare", "lean", "default", "tqdm", "all"],
@@ -738,7 +748,8 @@ def main(argv: list[str] | None = None) -> None:
             spec.cpu_batch if args.device == "cpu" and spec.cpu_batch else 128)
         batch = make_batch(batch_size, args.device)
         best: dict[str, tuple[float, float, float]] = {}
-        for _ in range(args.repeats):  # alternate the loops so drifting load hits all of them
+        repeats = args.repeats or (spec.cpu_repeats if args.device == "cpu" else 1)
+        for _ in range(repeats):  # alternate the loops so drifting load hits all of them
             for loop in ["hand", *variants]:
                 if loop == "hand":
                     result = time_hand(spec, run, batch, memory)
@@ -756,7 +767,7 @@ def main(argv: list[str] | None = None) -> None:
                 "model": name, "setup": loop, "device": device_name,
                 "precision": args.precision, "width": args.width,
                 "channels_last": args.channels_last, "batch": batch_size, "steps": run.steps,
-                "repeats": args.repeats, "images_per_s": round(ips, 2),
+                "repeats": repeats, "images_per_s": round(ips, 2),
                 "hand_images_per_s": round(hand_ips, 2), "ratio": round(ips / hand_ips, 4),
                 "images_per_cpu_s": round(cpu, 2), "hand_images_per_cpu_s": round(hand_cpu, 2),
                 "ratio_cpu_time": round(cpu / hand_cpu, 4), "peak_memory_mib": round(mem, 1),
