@@ -56,7 +56,11 @@ DESCRIPTION = (
 
 
 class RunConfigCallback(SaveConfigCallback):
-    """Save the fully resolved config as ``<run dir>/config.yaml`` (atomically), on rank 0."""
+    """Save the fully resolved config as ``<run dir>/config.yaml`` (atomically), on rank 0.
+
+    ``validate``/``test``/``predict`` into a folder that already holds a config (without a
+    logger the run folder is ``--trainer.default_root_dir``, often the trained run's own) write
+    ``config_<subcommand>.yaml`` beside it instead of replacing the run's config."""
 
     def __init__(self, parser, config, **kwargs) -> None:
         kwargs["save_to_log_dir"] = False
@@ -64,6 +68,9 @@ class RunConfigCallback(SaveConfigCallback):
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         path = run_dir(trainer) / self.config_filename
+        stage = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn
+        if stage != "fit" and path.is_file():
+            path = path.with_name(f"{path.stem}_{stage}{path.suffix}")
         atomic_write(path, lambda tmp: self.parser.save(
             self.config, tmp, skip_none=False, overwrite=True, multifile=False,
             format="yaml"))

@@ -220,6 +220,20 @@ def test_a_run_without_a_logger_continues_in_its_folder():
     assert {r["step"] for r in read_rows(Path("out/metrics.csv"))} == {0, 1, 2}
 
 
+def test_validate_into_a_runs_folder_keeps_the_runs_config(tmp_path):
+    (tmp_path / "vae.yaml").write_text(VAE_YAML)
+    args = ["--config", str(tmp_path / "vae.yaml"), "--trainer.logger", "false",
+            "--trainer.default_root_dir", "out", *FAST]
+    main(["fit", *args])
+    config = Path("out/config.yaml").read_bytes()
+    main(["validate", *args, "--ckpt_path", "out/checkpoints/last.ckpt"])
+    main(["test", *args, "--ckpt_path", "out/checkpoints/last.ckpt"])
+    assert Path("out/config.yaml").read_bytes() == config
+    for stage in ("validate", "test"):
+        saved = yaml.safe_load(Path(f"out/config_{stage}.yaml").read_text())
+        assert saved["ckpt_path"] == "out/checkpoints/last.ckpt"
+
+
 def test_sigkill_mid_run_leaves_only_complete_rows(tmp_path):
     cmd = [sys.executable, "-m", "lightning_gen.cli", "fit", "--config", QUICKSTART,
            "--trainer.max_steps", "100000", "--trainer.log_every_n_steps", "1",
