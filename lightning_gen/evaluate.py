@@ -245,8 +245,9 @@ def evaluate(
     lpips_weights: str | None = None,
     lpips_net: str = "alex",
 ) -> dict:
-    """Evaluate a checkpoint the way papers do: FID, IS, KID, precision/recall (+ ELBO/IWAE,
-    PixelCNN test NLL, Parzen-window log-likelihood).
+    """Evaluate a checkpoint the way papers do: FID, IS, KID, precision/recall, likelihoods.
+
+    Likelihoods: ELBO/IWAE of VAEs, PixelCNN test NLL, Parzen-window log-likelihood.
 
     Args:
         ckpt_path: Checkpoint written by ``lightning-gen fit``; or a run folder (every

@@ -181,3 +181,14 @@ def test_a_model_without_a_prior_is_a_one_line_error(runs, tmp_path, capsys):
                  "--out", str(tmp_path / "samples"), "--accelerator", "cpu", "--progress", "false")
     assert "Autoencoder does not generate samples" in err
     assert not (tmp_path / "samples").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample"])
+def test_help_describes_the_command_in_a_whole_sentence(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    usage, description, *_ = capsys.readouterr().out.split("\n\n")
+    text = " ".join(description.split())
+    assert usage.startswith("usage:") and text.endswith(".")
+    assert text.count("(") == text.count(")"), text
