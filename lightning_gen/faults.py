@@ -30,7 +30,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from datamodules.base import CorruptDataError
 from lightning_gen.callbacks.metrics_file import METRICS_FILE
 from lightning_gen.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
-from lightning_gen.runs import run_dir
+from lightning_gen.runs import logger_dir, run_dir
 
 #: ``--ckpt_path`` values Lightning resolves itself (not file paths).
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
@@ -231,11 +231,14 @@ def check_new_run_folder(trainer: Trainer, config_filename: str = "config.yaml")
     last = folder / "checkpoints" / "last.ckpt"
     go_on = (f", or continue that run: the same command with --ckpt_path {last}"
              if last.is_file() else "")
+    own = ("another --trainer.logger.init_args.version, or none for a fresh one"
+           if logger_dir(trainer.loggers) is not None else
+           "--trainer.default_root_dir DIR (the run folder when --trainer.logger is false; the "
+           "working directory by default)")
     raise ValueError(
         f"the run folder {folder} already holds a run ({', '.join(found)}); a new run would "
         "replace its config and mix its metrics with this one's. Give the new run a folder of "
-        "its own: --trainer.default_root_dir DIR (the run folder when --trainer.logger is "
-        f"false; the working directory by default){go_on}")
+        f"its own: {own}{go_on}")
 
 
 # ----------------------------------------------------------------------------------------------

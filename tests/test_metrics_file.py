@@ -208,6 +208,20 @@ def test_a_new_run_refuses_the_folder_of_an_earlier_run_without_a_logger(capsys)
     assert {name: (out / name).read_bytes() for name in files} == before
 
 
+def test_a_new_run_refuses_an_earlier_runs_logger_version(capsys):
+    args = ["fit", "--config", QUICKSTART, "--trainer.max_steps", "2",
+            "--trainer.logger.init_args.version", "mine", *FAST]
+    main(args)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    assert stopped.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert "runs/lightning-gen/mine already holds a run (config.yaml" in line
+    assert "Give the new run a folder of its own: another --trainer.logger.init_args.version" in line
+    assert len(list(Path("runs/lightning-gen/mine/wandb").glob("offline-run-*"))) == 1
+
+
 def test_a_run_without_a_logger_continues_in_its_folder():
     args = ["fit", "--config", QUICKSTART, "--trainer.logger", "false",
             "--trainer.default_root_dir", "out", "--trainer.log_every_n_steps", "1", *FAST]
