@@ -203,7 +203,9 @@ class LightningGenCLI(LightningCLI):
             ckpt_path = _requeued_checkpoint(self.trainer)
             if ckpt_path is not None:
                 self.config_init[self.subcommand]["ckpt_path"] = ckpt_path
-        if ckpt_path is None:  # a new run: not into an earlier run's folder
+        if ckpt_path is None and not _requeued_job():
+            # A new run: not into an earlier run's folder. (A requeued SLURM job with no
+            # checkpoint yet starts again in its own folder.)
             faults.check_new_run_folder(self.trainer, self.save_config_kwargs.get(
                 "config_filename", "config.yaml"))
         ckpt = checkpoint_to_resume(self, ckpt_path)
@@ -290,6 +292,11 @@ def _check_launch(trainer) -> None:
             "MASTER_ADDR, MASTER_PORT and NODE_RANK on each node yourself")
 
 
+def _requeued_job() -> bool:
+    """This process is a SLURM job that SLURM requeued (it goes on in its own run folder)."""
+    return slurm_restarts() > 0 and slurm_job_step() is not None
+
+
 def _requeued_checkpoint(trainer) -> str | None:
     """In a SLURM job that was requeued (preempted, or a node failed), the checkpoint to go on
     from: the newest of the run folder's ``hpc_ckpt_N.ckpt`` (Lightning writes one when SLURM
@@ -297,9 +304,9 @@ def _requeued_checkpoint(trainer) -> str | None:
     The run folder is the job's own (``<name>-slurm<job>.<step>``, see
     :func:`lightning_gen.loggers.slurm_version`); ``None`` outside such a job or before any
     checkpoint exists, and the run starts from scratch."""
-    restarts, job_step = slurm_restarts(), slurm_job_step()
-    if restarts == 0 or job_step is None:
+    if not _requeued_job():
         return None
+    restarts, job_step = slurm_restarts(), slurm_job_step()
     folder = Path(trainer.default_root_dir)
     candidates = [*folder.glob("hpc_ckpt_*.ckpt"), run_dir(trainer) / "checkpoints/last.ckpt"]
     found = [p for p in candidates if p.is_file()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -169,6 +170,20 @@ def test_requeued_job_without_a_preemption_checkpoint_continues_from_last_ckpt(s
     (run,) = run_dirs()
     last = torch.load(run / "checkpoints/last.ckpt", weights_only=False)
     assert last["global_step"] == 8 and last["gan_steps"] == {"d_steps": 4, "g_steps": 4}
+
+
+def test_requeued_job_without_any_checkpoint_starts_again_in_its_folder(slurm_job, monkeypatch):
+    """A node failed before the first checkpoint: the folder holds the job's config.yaml and
+    metrics.csv, nothing to continue from. The requeued job runs again there (it is no other
+    run's folder), where a new run would be refused."""
+    main(["fit", *TINY, "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "1"])
+    (run,) = run_dirs()
+    shutil.rmtree(run / "checkpoints")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    main(["fit", *TINY, "--trainer.max_steps", "4"])
+    assert run_dirs() == [run]
+    last = torch.load(run / "checkpoints/last.ckpt", weights_only=False)
+    assert last["global_step"] == 4
 
 
 def test_another_job_in_the_same_folder_does_not_pick_up_the_checkpoint(slurm_job, monkeypatch):
