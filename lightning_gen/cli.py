@@ -150,6 +150,13 @@ class LightningGenCLI(LightningCLI):
         # Atomic checkpoints; a checkpoint at SIGTERM/SIGINT (lightning_gen.faults).
         kwargs = faults.configure_trainer(trainer_config, kwargs)
         trainer = super().instantiate_trainer(**kwargs)
+        if trainer.fast_dev_run:
+            # Lightning 2.6's ModelCheckpoint.on_train_end writes last.ckpt even in a
+            # fast_dev_run ("checkpointing is suppressed"); `--ckpt_path last` then took that
+            # one-batch checkpoint for the latest run of the experiment.
+            for callback in trainer.checkpoint_callbacks:
+                if isinstance(callback, ModelCheckpoint):
+                    callback.save_last = False
         trainer.callbacks.insert(0, ImagesSeen())  # W&B's `images_seen` x-axis
         MetricsFile().attach(trainer)  # <run>/metrics.csv and summary.json, whatever the logger
         if os.environ.get(SWEEP_TRIAL_ENV):  # a sweep's trial: report the objective, prune

@@ -215,6 +215,17 @@ def test_ckpt_path_last_resumes_the_gan_run_in_its_folder():
         assert {int(s["step"]) for s in opt_state["state"].values()} == {4}
 
 
+def test_a_fast_dev_run_writes_no_checkpoint_that_ckpt_path_last_would_take():
+    args = ["fit", "--config", str(ROOT / "experiments/quickstart.yaml"), *FAST]
+    main([*args, "--trainer.max_steps", "4"])
+    run = only_run_dir()
+    main([*args, "--trainer.fast_dev_run", "true"])
+    (debug,) = set(Path("runs").glob("*/*")) - {run}
+    assert not list(debug.rglob("*.ckpt"))
+    main([*args, "--trainer.max_steps", "8", "--ckpt_path", "last"])
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 8
+
+
 def test_ckpt_path_last_without_an_earlier_run_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"), "--ckpt_path", "last"])
