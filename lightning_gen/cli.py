@@ -27,6 +27,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from datamodules.base import DatasetNotFoundError, ImageDataModule
 from lightning_gen import faults
+from lightning_gen.callbacks.checkpoint import LastCheckpoint
 from lightning_gen.callbacks.images import ImageGridCallback
 from lightning_gen.callbacks.metrics_file import MetricsFile
 from lightning_gen.callbacks.performance import Performance, flush_denormals_before_threads
@@ -103,7 +104,8 @@ class LightningGenCLI(LightningCLI):
                               apply_on="instantiate")
         # Callbacks every run gets, configurable as --images.* and --checkpoint.*.
         parser.add_lightning_class_args(ImageGridCallback, "images")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # ModelCheckpoint, with last.ckpt at every epoch under Lightning 2.6 too.
+        parser.add_lightning_class_args(LastCheckpoint, "checkpoint")
         # --performance.channels_last / --performance.compile (off by default).
         parser.add_lightning_class_args(Performance, "performance")
         # --metrics.every_n_epochs N: FID/IS/KID/PR while training (off by default).

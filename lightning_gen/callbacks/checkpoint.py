@@ -1,0 +1,46 @@
+"""The run's ``checkpoints/last.ckpt``, written at every epoch boundary the checkpoint trigger
+names, as the suite's defaults (``save_last=True, save_top_k=0``) promise.
+
+Lightning 2.6 writes ``last.ckpt`` at the end of an epoch (or validation) only when a top-k
+checkpoint was saved at the same step (2.5 wrote it whenever the trigger fired). With
+``save_top_k=0`` no top-k checkpoint is ever saved, so a run kept nothing between its start and
+its end: a process killed by the kernel's OOM killer, a node failure or ``kill -9`` lost every
+epoch it had trained. :class:`LastCheckpoint` writes ``last.ckpt`` there itself when Lightning
+did not; under Lightning 2.5 (which does) it adds nothing. Step-triggered saves
+(``every_n_train_steps``) and the end of training are Lightning's own, as before.
+"""
+
+from __future__ import annotations
+
+from lightning import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Lightning's :class:`~lightning.pytorch.callbacks.ModelCheckpoint` with ``last.ckpt``
+    saved at every epoch trigger (``every_n_epochs``), top-k or not. Same arguments, same
+    files, same state in the checkpoint (saved under ``ModelCheckpoint``'s key, so checkpoints
+    stay interchangeable with Lightning's callback)."""
+
+    @property
+    def state_key(self) -> str:
+        key = super().state_key
+        return ModelCheckpoint.__qualname__ + key[len(type(self).__qualname__):]
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def _save_last_if_missed(self, trainer: Trainer) -> None:
+        if (not self.save_last or self._should_skip_saving_checkpoint(trainer)
+                or self._every_n_epochs < 1
+                or (trainer.current_epoch + 1) % self._every_n_epochs != 0):
+            return
+        # _should_skip_saving_checkpoint is true once anything was saved at this step.
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
