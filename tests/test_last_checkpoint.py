@@ -3,6 +3,9 @@ run killed without warning keeps it), with and without validation, at ``every_n_
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -51,3 +54,16 @@ def test_a_run_with_validation_has_the_last_epochs_state_in_last_ckpt_at_each_ep
 def test_every_n_epochs_spaces_the_saves():
     seen = fit(*VAE, "--trainer.max_epochs", "5", "--checkpoint.every_n_epochs", "2")
     assert seen == [None, None, (1, 4), (1, 4), (3, 8)]
+
+
+def test_step_checkpoints_of_a_gan_say_nothing_about_pre_optimization_state(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_gen", "fit", "--config",
+         str(ROOT / "experiments/quickstart.yaml"), "--trainer.max_steps", "4",
+         "--checkpoint.every_n_train_steps", "2", *FAST],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pre-optimization" not in result.stderr
+    ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4
