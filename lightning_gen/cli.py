@@ -20,7 +20,6 @@ from pathlib import Path
 
 from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -152,13 +151,6 @@ class LightningGenCLI(LightningCLI):
         # Atomic checkpoints; a checkpoint at SIGTERM/SIGINT (lightning_gen.faults).
         kwargs = faults.configure_trainer(trainer_config, kwargs)
         trainer = super().instantiate_trainer(**kwargs)
-        if trainer.fast_dev_run:
-            # Lightning 2.6's ModelCheckpoint.on_train_end writes last.ckpt even in a
-            # fast_dev_run ("checkpointing is suppressed"); `--ckpt_path last` then took that
-            # one-batch checkpoint for the latest run of the experiment.
-            for callback in trainer.checkpoint_callbacks:
-                if isinstance(callback, ModelCheckpoint):
-                    callback.save_last = False
         trainer.callbacks.insert(0, ImagesSeen())  # W&B's `images_seen` x-axis
         MetricsFile().attach(trainer)  # <run>/metrics.csv and summary.json, whatever the logger
         if os.environ.get(SWEEP_TRIAL_ENV):  # a sweep's trial: report the objective, prune

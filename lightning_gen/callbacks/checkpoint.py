@@ -7,7 +7,8 @@ checkpoint was saved at the same step (2.5 wrote it whenever the trigger fired).
 its end: a process killed by the kernel's OOM killer, a node failure or ``kill -9`` lost every
 epoch it had trained. :class:`LastCheckpoint` writes ``last.ckpt`` there itself when Lightning
 did not; under Lightning 2.5 (which does) it adds nothing. Step-triggered saves
-(``every_n_train_steps``) and the end of training are Lightning's own, as before.
+(``every_n_train_steps``) and the end of training are Lightning's own, as before, except that a
+``fast_dev_run`` writes none.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ class LastCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         key = super().state_key
         return ModelCheckpoint.__qualname__ + key[len(type(self).__qualname__):]
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning 2.6 writes last.ckpt here even in a fast_dev_run ("checkpointing is
+        # suppressed"), and `--ckpt_path last` then took that one-batch checkpoint for the
+        # experiment's latest run.
+        if not trainer.fast_dev_run:
+            super().on_train_end(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
