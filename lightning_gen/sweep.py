@@ -251,10 +251,10 @@ class Sweep:
                      f"--trainer.logger.init_args.group={self.name}",
                      "--trainer.logger.init_args.tags=" + json.dumps(
                          [*tags, f"sweep:{self.name}", f"trial:{trial.number}"])]
-        elif not (self.config.get("trainer") or {}).get("logger"):
+        elif not (trainer := self.config.get("trainer") or {}).get("logger"):
             # No logger: the run folder is default_root_dir, one per trial (a new run refuses
             # an earlier run's folder, lightning_gen.faults.check_new_run_folder).
-            root = (self.config.get("trainer") or {}).get("default_root_dir")
+            root = trainer.get("default_root_dir")
             folder = Path(root) / version if root else self.folder / "runs" / version
             args += [f"--trainer.default_root_dir={folder}"]
         return args
