@@ -248,6 +248,24 @@ def test_validate_into_a_runs_folder_keeps_the_runs_config(tmp_path):
         assert saved["ckpt_path"] == "out/checkpoints/last.ckpt"
 
 
+def test_validate_and_test_rows_carry_the_checkpoints_step_and_epoch(tmp_path):
+    (tmp_path / "vae.yaml").write_text(VAE_YAML)
+    args = ["--config", str(tmp_path / "vae.yaml"), "--trainer.logger", "false",
+            "--trainer.default_root_dir", "out", *FAST]
+    main(["fit", *args])
+    fit_rows = read_rows(Path("out/metrics.csv"))
+    last_step = max(r["step"] for r in fit_rows)  # 2 epochs x 3 batches: the last batch is step 5
+    main(["validate", *args, "--ckpt_path", "out/checkpoints/last.ckpt"])
+    main(["test", *args, "--ckpt_path", "out/checkpoints/last.ckpt"])
+    later = read_rows(Path("out/metrics.csv"))[len(fit_rows):]
+    assert {r["name"].split("/")[0] for r in later} == {"val", "test"}
+    # The checkpoint was written after 6 batches of epoch 1; not step 0, epoch 0.
+    assert {(r["step"], r["epoch"]) for r in later} == {(last_step + 1, 1)}
+    summary = json.loads(Path("out/summary.json").read_text())
+    assert summary["test/elbo"]["last_step"] == last_step + 1
+    assert summary["val/elbo"]["last_step"] == last_step + 1
+
+
 def test_sigkill_mid_run_leaves_only_complete_rows(tmp_path):
     cmd = [sys.executable, "-m", "lightning_gen.cli", "fit", "--config", QUICKSTART,
            "--trainer.max_steps", "100000", "--trainer.log_every_n_steps", "1",
