@@ -9,11 +9,18 @@ epoch it had trained. :class:`LastCheckpoint` writes ``last.ckpt`` there itself 
 did not; under Lightning 2.5 (which does) it adds nothing. Step-triggered saves
 (``every_n_train_steps``) and the end of training are Lightning's own, as before, except that a
 ``fast_dev_run`` writes none.
+
+Lightning 2.6 also never saves by time (``train_time_interval``) for a manually optimised model
+(every GAN of the suite): its branch for manual optimisation returns before the time check
+(Lightning-AI/pytorch-lightning#21699), so a GAN run given ``--checkpoint.train_time_interval``
+wrote nothing until it ended. :class:`LastCheckpoint` does that check itself there.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
+from typing import Any
 
 from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -43,6 +50,26 @@ class LastCheckpoint(ModelCheckpoint):
         # experiment's latest run.
         if not trainer.fast_dev_run:
             super().on_train_end(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        checked = self._last_time_checked
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # Under 2.5 (or once Lightning checks the time for manual optimisation) a save by time
+        # moved the clock: nothing left to do.
+        if (pl_module.automatic_optimization or self._train_time_interval is None
+                or self._last_time_checked != checked
+                or self._should_skip_saving_checkpoint(trainer)):
+            return
+        now = time.monotonic()
+        skip = checked is None or now - checked < self._train_time_interval.total_seconds()
+        # Rank 0 decides, so that every rank saves (a collective) or none does.
+        if trainer.strategy.broadcast(skip):
+            return
+        self._last_time_checked = now
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
