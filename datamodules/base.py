@@ -202,6 +202,12 @@ class ImageDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.save_hyperparameters()
+        # Plain strings in checkpoints: a pathlib path there (data_dir=Path(...) from Python)
+        # made Lightning's own `load_from_checkpoint` fail under torch's default
+        # weights_only=True (torch >= 2.6, Lightning >= 2.6).
+        for key, value in self.hparams.items():
+            if isinstance(value, os.PathLike):
+                self.hparams[key] = os.fspath(value)
         self.data_dir = str(data_dir)
         self.image_size = int(image_size or self.default_image_size)
         if self.image_size < 4:

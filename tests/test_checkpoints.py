@@ -1,4 +1,5 @@
-"""Checkpoints: a GAN resumes exactly where it stopped; a crash mid-write keeps the old copy."""
+"""Checkpoints: a GAN resumes exactly where it stopped; a crash mid-write keeps the old copy;
+Lightning's own ``load_from_checkpoint`` reads a checkpoint made from Python."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_gen.models import DCGAN
+from datamodules import DigitsDataModule
+from lightning_gen.models import DCGAN, VAE
 from tests.test_models import fixed_batch_loader
 
 
@@ -83,3 +85,15 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monke
     assert path.read_bytes() == good
     assert torch.load(path, weights_only=False)["global_step"] == 2
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no half-written leftovers
+
+
+def test_a_fit_with_a_pathlib_data_dir_loads_with_lightnings_load_from_checkpoint(tmp_path):
+    # Lightning >= 2.6 leaves weights_only to torch (True since 2.6): a pathlib path among the
+    # DataModule's hyperparameters made the checkpoint unloadable without allowlisting.
+    data = DigitsDataModule(data_dir=tmp_path / "data", image_size=28, batch_size=32)
+    model = VAE(latent_dim=4, width=8)
+    trainer(tmp_path, max_steps=2, limit_val_batches=1).fit(model, data)
+    path = tmp_path / "ckpt/last.ckpt"
+    loaded = VAE.load_from_checkpoint(path)  # weights_only: torch's default
+    assert torch.equal(loaded.fixed_noise, model.fixed_noise)
+    assert DigitsDataModule.load_from_checkpoint(path).data_dir == str(tmp_path / "data")
