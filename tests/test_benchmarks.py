@@ -87,6 +87,33 @@ def test_both_loops_read_the_clock_with_the_same_number_of_syncs(throughput, mon
     assert math.isfinite(ips) and ips > 0
 
 
+def test_each_throughput_setup_times_the_progress_bar_it_names(throughput, monkeypatch,
+                                                               tmp_path):
+    """``tqdm`` is Lightning's TQDM bar (Lightning 2.6 defaults to Rich's when ``rich`` is
+    installed), ``default`` the suite's, ``bare`` none."""
+    import lightning as L
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from lightning_gen.callbacks import ProgressBar
+
+    made = []
+
+    class Recording(L.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(throughput.L, "Trainer", Recording)
+    args = throughput.argparse.Namespace(device="cpu", precision="32-true", width=4, steps=2,
+                                         warmup=1, channels_last=False)
+    spec, batch = throughput.SPECS["vae"], throughput.make_batch(2, "cpu")
+    for variant in ("bare", "default", "tqdm"):
+        throughput.time_lightning(spec, args, batch, throughput.PeakMemory("cpu"), variant,
+                                  tmp_path)
+    bars = [type(t.progress_bar_callback) for t in made]
+    assert bars == [type(None), ProgressBar, TQDMProgressBar]
+
+
 def test_throughput_rejects_float16_on_cpu(throughput):
     with pytest.raises(SystemExit) as exit_info:
         throughput.main(["--device", "cpu", "--precision", "16-mixed"])
