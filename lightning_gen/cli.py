@@ -13,9 +13,11 @@ The model's ``image_shape`` is taken from the DataModule. Each run writes its re
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from lightning.fabric.plugins.environments import LightningEnvironment
@@ -46,6 +48,20 @@ from lightning_gen.run_record import ImagesSeen, record_run, set_wandb_defaults
 from lightning_gen.runs import atomic_write, logger_dir, run_dir
 
 SWEEP_TRIAL_ENV = "LIGHTNING_GEN_SWEEP_TRIAL"  # lightning_gen.sweep_trial.ENV
+
+
+class _NoLightningTips(logging.Filter):
+    """Lightning 2.6 prints an advertisement ("💡 Tip: ... litlogger", "... litmodels") at every
+    Trainer it builds: once per run, once per sweep trial, nothing the user asked about."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoLightningTips())
+# Lightning 2.6.6's own pytree helper trips torch's LeafSpec deprecation at every fit: a line
+# of Lightning's source in every run's output that no user setting can change.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 DESCRIPTION = (
     "Train and evaluate generative models: `lightning-gen fit --config experiments/NAME.yaml`. "
     "Also `lightning-gen evaluate --help` (FID/IS/KID/precision-recall, ELBO of a checkpoint) "

@@ -303,3 +303,18 @@ def test_num_nodes_without_a_launcher_is_an_error_not_a_hang(capsys, monkeypatch
     assert info.value.code == 2 and "Traceback" not in err
     assert "--trainer.num_nodes 2 needs a process on every node" in err
     assert not Path("runs").exists()
+
+
+def test_a_run_prints_no_lightning_advertisement_or_lightning_internal_deprecation(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_gen", "fit", "--config",
+         str(ROOT / "experiments/quickstart.yaml"), "--trainer.max_steps", "2",
+         "--trainer.logger", "false", "--trainer.default_root_dir", "run",
+         "--data.num_workers", "0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert "Trainable params" in output  # the model summary still comes
+    assert "Tip:" not in output and "litlogger" not in output
+    assert "LeafSpec" not in output
