@@ -62,6 +62,10 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoLightnin
 # Lightning 2.6.6's own pytree helper trips torch's LeafSpec deprecation at every fit: a line
 # of Lightning's source in every run's output that no user setting can change.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# The GANs have no validation step by design (they are scored by `evaluate` and the metrics
+# callback), while their DataModules, shared with the VAEs, offer a validation split: Lightning
+# said so at the start of every GAN run, the quickstart's first included.
+warnings.filterwarnings("ignore", message="You passed in a `val_dataloader` but have no `validation_step`")
 DESCRIPTION = (
     "Train and evaluate generative models: `lightning-gen fit --config experiments/NAME.yaml`. "
     "Also `lightning-gen evaluate --help` (FID/IS/KID/precision-recall, ELBO of a checkpoint) "

@@ -220,7 +220,9 @@ class WandbLogger(_LightningWandbLogger):
         (an offline run is only fully written by ``finish``) and a later call starts cleanly."""
         super().finalize(status)
         if self._experiment is not None and hasattr(self._experiment, "finish"):
-            self.run_url = getattr(self._experiment, "url", None)
+            # An offline run has no URL, and asking for it prints a W&B warning.
+            if not getattr(self._experiment, "offline", False):
+                self.run_url = getattr(self._experiment, "url", None)
             self._experiment.finish(exit_code=0 if status == "success" else 1)
             self._experiment = None
             self._run_config_sent = False
