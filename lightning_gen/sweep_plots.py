@@ -77,6 +77,20 @@ def _save(path: Path, plot: Callable[[], Any]) -> Path:
         plt.close(figure)
 
 
+def _full_axis_names(axes, objective: str, trials) -> Any:
+    """Optuna cuts every axis name of 20 characters or more to 17 and "...", so the sweep's
+    keys (``model.init_args.lr_g``, ``model.init_args.lr_d``) all read ``model.init_args.l...``.
+    Its axes are the objective, then the parameters sorted by name: each label is put back in
+    full where it is the cut form of the name at its place (else Optuna's labels are kept)."""
+    names = [objective, *sorted({n for t in trials for n in t.params})]
+    labels = [label.get_text() for label in axes.get_xticklabels()]
+    if len(labels) == len(names) and all(
+            label == name or (name.startswith(label[:-3]) and label.endswith("..."))
+            for label, name in zip(labels, names, strict=True)):
+        axes.set_xticks(axes.get_xticks(), names, rotation=15, ha="right")
+    return axes
+
+
 def plots(study, out: Path) -> tuple[dict[str, Path], list[str]]:
     """Optuna's three plots of the study as PNGs in ``out``, and notes on those left out."""
     from optuna.trial import TrialState
@@ -93,8 +107,8 @@ def plots(study, out: Path) -> tuple[dict[str, Path], list[str]]:
             notes.append("no complete trial: no parallel coordinates, no importances")
             return paths, notes
         paths["parallel"] = _save(out / "parallel_coordinates.png",
-                                  lambda: vis.plot_parallel_coordinate(
-                                      study, target_name=objective))
+                                  lambda: _full_axis_names(vis.plot_parallel_coordinate(
+                                      study, target_name=objective), objective, finished))
         try:
             paths["importances"] = _save(out / "importances.png",
                                          lambda: vis.plot_param_importances(

@@ -244,3 +244,31 @@ def test_a_crashed_trial_fails_with_its_error_line_and_the_sweep_goes_on(capsys)
     out = capsys.readouterr().out
     assert f"trial 1 failed: {line}" in out and "2 of 2 trials finished" in out
     assert "no complete trial" in out and Path(f"runs/sweeps/{NAME}/history.png").is_file()
+
+
+def test_parallel_coordinates_name_every_axis_in_full(monkeypatch, tmp_path):
+    # Optuna cuts names of 20+ characters to 17 + "...": both learning rates read
+    # "model.init_args.l..." in its plot.
+    from lightning_gen import sweep_plots
+
+    study = optuna.create_study()
+    study.set_user_attr("objective", "train/g_loss")
+    dists = {k: optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)
+             for k in ("model.init_args.lr_g", "model.init_args.lr_d")}
+    for value, (lr_g, lr_d) in zip((1.0, 2.0, 3.0), ((1e-4, 2e-4), (1e-3, 5e-4), (3e-5, 1e-3)),
+                                   strict=True):
+        study.add_trial(optuna.trial.create_trial(
+            params={"model.init_args.lr_g": lr_g, "model.init_args.lr_d": lr_d},
+            distributions=dists, value=value))
+    labels = {}
+
+    def record(path, plot):
+        axes = plot()
+        labels[path.name] = [t.get_text() for t in axes.get_xticklabels()] if hasattr(
+            axes, "get_xticklabels") else None
+        return path
+
+    monkeypatch.setattr(sweep_plots, "_save", record)
+    sweep_plots.plots(study, tmp_path)
+    assert labels["parallel_coordinates.png"] == [
+        "train/g_loss", "model.init_args.lr_d", "model.init_args.lr_g"]
