@@ -145,6 +145,38 @@ def test_samples_png_holds_each_runs_last_grid_pixel_for_pixel(two_runs):
         assert (caption.max(axis=-1) < 100).sum() > 50
 
 
+def test_samples_png_captions_stay_over_their_own_grid(tmp_path, monkeypatch):
+    """Labels of two swept values (as `compare` makes them for a sweep's trials) are wrapped
+    to the grid's width: no caption runs into its neighbour's."""
+    from matplotlib.figure import Figure
+
+    from lightning_gen.compare_plots import plot_grids
+
+    runs = []
+    for i in range(3):
+        run = tmp_path / f"run{i}"
+        (run / "images").mkdir(parents=True)
+        Image.new("RGB", (274, 274), (128, 128, 128)).save(run / "images/samples_last.png")
+        runs.append(run)
+    labels = ["lr_g=0.00142017, lr_d=0.000649985", "lr_g=0.000684707, lr_d=0.000131582",
+              "lr_g=5.00553e-05, lr_d=0.000125795"]
+    figures = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figures.append(fig),
+                                                                  save(fig, *a, **k))[1])
+    plot_grids(runs, labels, tmp_path / "samples.png")
+    (fig,) = figures
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    captions = [t for t in fig.texts if t.get_fontweight() == "bold"]
+    assert [t.get_text().replace("\n", " ") for t in captions] == labels
+    boxes = [t.get_window_extent(renderer) for t in captions]
+    for left, right in zip(boxes, boxes[1:], strict=False):
+        assert left.x1 < right.x0  # a gap between neighbouring captions
+    assert boxes[0].x0 >= 0 and boxes[-1].x1 <= fig.bbox.width
+
+
 def test_a_folder_that_is_not_a_run_is_one_line_without_traceback(two_runs, tmp_path):
     (tmp_path / "notes").mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
