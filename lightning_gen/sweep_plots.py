@@ -77,6 +77,14 @@ def _save(path: Path, plot: Callable[[], Any]) -> Path:
         plt.close(figure)
 
 
+def _whole_trials(axes) -> Any:
+    """Trial numbers on the x axis, not 0.25, 0.5, ... (a short study's default ticks)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return axes
+
+
 def _full_axis_names(axes, objective: str, trials) -> Any:
     """Optuna cuts every axis name of 20 characters or more to 17 and "...", so the sweep's
     keys (``model.init_args.lr_g``, ``model.init_args.lr_d``) all read ``model.init_args.l...``.
@@ -101,8 +109,8 @@ def plots(study, out: Path) -> tuple[dict[str, Path], list[str]]:
     finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna's ExperimentalWarning for its matplotlib plots
-        paths["history"] = _save(out / "history.png", lambda: vis.plot_optimization_history(
-            study, target_name=objective))
+        paths["history"] = _save(out / "history.png", lambda: _whole_trials(
+            vis.plot_optimization_history(study, target_name=objective)))
         if not finished:
             notes.append("no complete trial: no parallel coordinates, no importances")
             return paths, notes

@@ -246,7 +246,7 @@ def test_a_crashed_trial_fails_with_its_error_line_and_the_sweep_goes_on(capsys)
     assert "no complete trial" in out and Path(f"runs/sweeps/{NAME}/history.png").is_file()
 
 
-def test_parallel_coordinates_name_every_axis_in_full(monkeypatch, tmp_path):
+def test_sweep_plots_name_every_axis_in_full_and_count_whole_trials(monkeypatch, tmp_path):
     # Optuna cuts names of 20+ characters to 17 + "...": both learning rates read
     # "model.init_args.l..." in its plot.
     from lightning_gen import sweep_plots
@@ -260,10 +260,11 @@ def test_parallel_coordinates_name_every_axis_in_full(monkeypatch, tmp_path):
         study.add_trial(optuna.trial.create_trial(
             params={"model.init_args.lr_g": lr_g, "model.init_args.lr_d": lr_d},
             distributions=dists, value=value))
-    labels = {}
+    labels, ticks = {}, {}
 
     def record(path, plot):
         axes = plot()
+        ticks[path.name] = axes.get_xticks() if hasattr(axes, "get_xticks") else None
         labels[path.name] = [t.get_text() for t in axes.get_xticklabels()] if hasattr(
             axes, "get_xticklabels") else None
         return path
@@ -272,3 +273,4 @@ def test_parallel_coordinates_name_every_axis_in_full(monkeypatch, tmp_path):
     sweep_plots.plots(study, tmp_path)
     assert labels["parallel_coordinates.png"] == [
         "train/g_loss", "model.init_args.lr_d", "model.init_args.lr_g"]
+    assert all(float(t).is_integer() for t in ticks["history.png"])  # trials: 0, 1, 2
