@@ -33,6 +33,11 @@ def wandb_logged_in() -> bool:
         return False
 
 
+def wandb_disabled() -> bool:
+    """``WANDB_MODE=disabled``: W&B writes and sends nothing (its runs are no-ops)."""
+    return os.environ.get("WANDB_MODE", "").lower() == "disabled"
+
+
 def resolve_offline(offline: bool | None) -> bool:
     """``offline=None`` means: honour ``WANDB_MODE``, else go online only when logged in."""
     if offline is not None:
@@ -147,7 +152,9 @@ class WandbLogger(_LightningWandbLogger):
         entity: str | None = None,
         job_type: str | None = None,
     ) -> None:
-        offline = resolve_offline(offline)
+        # Disabled: not offline for Lightning, which would set WANDB_MODE=dryrun for the whole
+        # process (later runs of an in-process sweep included) and so write an offline run.
+        offline = resolve_offline(offline) and not wandb_disabled()
         version = version or slurm_version(name, Path(save_dir) / project) or make_version(name)
         extra = {k: v for k, v in {"tags": tags, "group": group, "entity": entity,
                                    "job_type": job_type}.items() if v}
@@ -163,6 +170,8 @@ class WandbLogger(_LightningWandbLogger):
         # the first run; a relative path from a later run (after a chdir) would land there.
         self._wandb_init["dir"] = os.path.abspath(self._run_dir)
         self._wandb_init.pop("anonymous", None)  # deprecated by wandb, unused here
+        if wandb_disabled():
+            self._wandb_init["mode"] = "disabled"
         self._run_config: dict[str, Any] | None = None
         self._run_config_sent = False
         #: Training images seen so far (set by ``ImagesSeen``); added to each logged row.

@@ -263,3 +263,20 @@ def test_tensorboard_gets_the_png_pixels_at_the_logging_step_too(tmp_path):
     save_image(grid, tmp_path / "torchvision.png")
     assert np.array_equal(np.asarray(Image.open(tmp_path / "torchvision.png").convert("RGB"), int),
                           local)
+
+
+def test_wandb_mode_disabled_writes_no_wandb_run(tmp_path, monkeypatch, capsys):
+    """W&B's own switch: nothing under wandb/, no W&B line, and the setting survives the run
+    (Lightning set WANDB_MODE=dryrun for an offline logger: the next run of the process, a
+    sweep's next trial, was then recorded after all)."""
+    from lightning_gen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    for lr in LRS:  # two runs in one process
+        main([*FIT, "--model.init_args.lr_g", lr])
+        assert os.environ["WANDB_MODE"] == "disabled"
+    runs = sorted((tmp_path / "runs").glob("*/*"))
+    assert len(runs) == 2 and all((run / "checkpoints/last.ckpt").is_file() for run in runs)
+    assert not list(tmp_path.rglob("*.wandb")) and not list(tmp_path.rglob("wandb"))
+    assert "W&B" not in capsys.readouterr().out
