@@ -7,8 +7,8 @@ Written by ``lightning-gen sweep`` at its end and by ``lightning-gen compare --s
   and waiting ones), with its state, value, sampled values, run folder and error line;
 - ``history.png``, ``parallel_coordinates.png``, ``importances.png``: Optuna's matplotlib
   visualisations (``optuna.visualization.matplotlib``: ``plot_optimization_history``,
-  ``plot_parallel_coordinate``, ``plot_param_importances``; the last two need finished trials
-  with different values, else a note says why there is none).
+  ``plot_parallel_coordinate``, ``plot_param_importances`` with fANOVA; the last two need
+  finished trials with different values, else a note says why there is none).
 """
 
 from __future__ import annotations
@@ -77,6 +77,13 @@ def _save(path: Path, plot: Callable[[], Any]) -> Path:
         plt.close(figure)
 
 
+def _titled(axes, title: str) -> Any:
+    """``title`` in place of Optuna's (which it sets on the left)."""
+    for loc in ("left", "center"):
+        axes.set_title(title if loc == "left" else "", loc=loc)
+    return axes
+
+
 def _whole_trials(axes) -> Any:
     """Trial numbers on the x axis, not 0.25, 0.5, ... (a short study's default ticks)."""
     from matplotlib.ticker import MaxNLocator
@@ -101,6 +108,7 @@ def _full_axis_names(axes, objective: str, trials) -> Any:
 
 def plots(study, out: Path) -> tuple[dict[str, Path], list[str]]:
     """Optuna's three plots of the study as PNGs in ``out``, and notes on those left out."""
+    import optuna
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as vis
 
@@ -118,9 +126,13 @@ def plots(study, out: Path) -> tuple[dict[str, Path], list[str]]:
                                   lambda: _full_axis_names(vis.plot_parallel_coordinate(
                                       study, target_name=objective), objective, finished))
         try:
-            paths["importances"] = _save(out / "importances.png",
-                                         lambda: vis.plot_param_importances(
-                                             study, target_name=objective))
+            # fANOVA, named: Optuna 5 changed the default to PED-ANOVA, which keeps the best 10 %
+            # of the trials (one trial in a short study) and, where it cannot tell, warns and
+            # draws equal bars instead of failing.
+            paths["importances"] = _save(out / "importances.png", lambda: _titled(
+                vis.plot_param_importances(
+                    study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                    target_name=objective), "Hyperparameter importances (fANOVA, seed 0)"))
         except (RuntimeError, ValueError) as err:
             notes.append(f"no importances.png: {err}")
     return paths, notes

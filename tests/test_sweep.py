@@ -274,3 +274,36 @@ def test_sweep_plots_name_every_axis_in_full_and_count_whole_trials(monkeypatch,
     assert labels["parallel_coordinates.png"] == [
         "train/g_loss", "model.init_args.lr_d", "model.init_args.lr_g"]
     assert all(float(t).is_integer() for t in ticks["history.png"])  # trials: 0, 1, 2
+
+
+def _study_with_values(values) -> optuna.Study:
+    study = optuna.create_study()
+    study.set_user_attr("objective", "train/g_loss")
+    dists = {k: optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)
+             for k in ("model.init_args.lr_g", "model.init_args.lr_d")}
+    for i, value in enumerate(values):
+        study.add_trial(optuna.trial.create_trial(
+            params={"model.init_args.lr_g": 1e-4 * (i + 1), "model.init_args.lr_d": 3e-4 / (i + 1)},
+            distributions=dists, value=value))
+    return study
+
+
+def test_importances_are_fanova_and_absent_when_every_trial_scored_the_same(tmp_path,
+                                                                            monkeypatch):
+    # Optuna 5's default (PED-ANOVA) draws equal bars here, with only a warning.
+    from lightning_gen import sweep_plots
+
+    paths, notes = sweep_plots.plots(_study_with_values([1.0, 1.0, 1.0]), tmp_path)
+    assert "importances" not in paths and not (tmp_path / "importances.png").exists()
+    assert any(n.startswith("no importances.png") for n in notes)
+    titles = {}
+    save = sweep_plots._save
+
+    def record(path, plot):
+        return save(path, lambda: titles.setdefault(path.name, plot()))
+
+    monkeypatch.setattr(sweep_plots, "_save", record)
+    paths, notes = sweep_plots.plots(_study_with_values([1.0, 2.0, 3.0, 2.5]), tmp_path)
+    assert paths["importances"].is_file() and not notes
+    axes = titles["importances.png"]
+    assert "fANOVA" in axes.get_title(loc="left") and not axes.get_title()  # one title, named
