@@ -307,3 +307,16 @@ def test_importances_are_fanova_and_absent_when_every_trial_scored_the_same(tmp_
     assert paths["importances"].is_file() and not notes
     axes = titles["importances.png"]
     assert "fANOVA" in axes.get_title(loc="left") and not axes.get_title()  # one title, named
+
+
+def test_every_in_process_trials_wandb_log_records_its_stderr():
+    # W&B patches the sys.stderr it finds when first imported, once: imported inside trial 0,
+    # it patched that trial's tee only, and trial 1's W&B log had no stderr line.
+    process = start("--trials", "2", "--in_process", "true", "--trainer.max_epochs", "1",
+                    "--trainer.limit_train_batches", "2", "--trainer.log_every_n_steps", "50")
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, out[-2000:]
+    logs = sorted(Path("runs/lightning-gen").glob("*/wandb/offline-run-*/files/output.log"))
+    assert len(logs) == 2
+    for log in logs:  # Lightning's warning, written to stderr by each trial
+        assert "smaller than the logging interval" in log.read_text(), log
