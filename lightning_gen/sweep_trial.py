@@ -189,12 +189,12 @@ def error_line(text: str) -> str | None:
 def run_in_process(args: list[str], env: dict[str, str], log_path: Path
                     ) -> tuple[int, str | None]:
     """``lightning-gen fit ARGS`` in this process (``--in_process true``); its output as usual."""
-    from lightning_gen.cli import main
-
     # W&B records a run's console by patching the write() of the sys.stdout/sys.stderr it finds
     # when its capture module is first imported, once and for good: imported inside the first
     # trial, it patched that trial's tee, and later trials' W&B logs had no stderr at all.
     import wandb.sdk.lib.console_capture  # noqa: F401
+
+    from lightning_gen.cli import main
 
     saved_env, saved_argv, saved_err = dict(os.environ), sys.argv, sys.stderr
     tee = _Tee(sys.stderr)
