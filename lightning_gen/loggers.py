@@ -176,6 +176,8 @@ class WandbLogger(_LightningWandbLogger):
         self._run_config_sent = False
         #: Training images seen so far (set by ``ImagesSeen``); added to each logged row.
         self.images_seen: int | None = None
+        self._defined_run: Any = None
+        self._defined: set[str] = set()
 
     @property
     def log_dir(self) -> str:
@@ -221,7 +223,29 @@ class WandbLogger(_LightningWandbLogger):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if self.images_seen is not None and "images_seen" not in metrics:
             metrics = {**metrics, "images_seen": self.images_seen}
+        self._define_goals(metrics)
         super().log_metrics(metrics, step)
+
+    def _define_goals(self, metrics: Mapping[str, float]) -> None:
+        """``define_metric(name, summary="min,last")`` (or ``max``) for each new name with a goal
+        (:func:`~lightning_gen.callbacks.metrics_file.goal_of`), before its first value: W&B
+        keeps a plain summary for a value logged before the definition, so a metric logged once
+        (a test result, a FID computed at the end only) had no ``.min``/``.last`` columns.
+        (:class:`~lightning_gen.callbacks.metrics_file.MetricsFile` defines them too, for any
+        W&B logger, but only after the run's loggers have logged the values.)"""
+        from lightning_gen.callbacks.metrics_file import _key, goal_of
+
+        run = self.experiment
+        if getattr(run, "define_metric", None) is None:
+            return
+        if self._defined_run is not run:  # a new W&B run (a later trainer call)
+            self._defined_run, self._defined = run, set()
+        for name in metrics:
+            goal = goal_of(name)
+            if goal is not None and name not in self._defined:
+                run.define_metric(_key(self._prefix, self.LOGGER_JOIN_CHAR, name),
+                                  step_metric="trainer/global_step", summary=f"{goal},last")
+                self._defined.add(name)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

@@ -445,3 +445,19 @@ def test_ddp_rank_zero_alone_writes_each_row_once(tmp_path):
     received = wandb_scalars(wait_for_run_log(run / "wandb"))
     assert triples(rows) == {(r["step"], k, v) for r in received for k, v in r.items()
                              if k not in ("step", "epoch")}
+
+
+def test_a_value_logged_once_has_its_best_and_last_in_wandb(tmp_path):
+    # W&B keeps a plain summary for a value logged before define_metric: a FID computed once
+    # (or a test result) had no metrics/fid.min / .last columns in the runs table.
+    logger = WandbLogger(name="fake", save_dir=str(tmp_path / "runs"), offline=True)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0,
+                        log_every_n_steps=1, accelerator="cpu", logger=logger,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[FakeQuality([4.0], [2.0])])
+    MetricsFile().attach(trainer)
+    model = VAE(image_shape=(1, 32, 32), latent_dim=4, width=8, num_fixed_samples=0)
+    trainer.fit(model, DigitsDataModule(image_size=32, batch_size=16, val_fraction=0.0))
+    stored = wandb_log.summary(wait_for_run_log(Path(logger.log_dir) / "wandb"))
+    assert stored["metrics/fid"] == {"min": 4.0, "last": 4.0}
+    assert stored["metrics/is_mean"] == {"max": 2.0, "last": 2.0}
