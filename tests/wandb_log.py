@@ -32,6 +32,8 @@ def read_records(path: str | Path) -> list:
         if kind == 0:
             pos += left_in_block
             continue
+        if pos + HEADER + length > len(data):  # wandb-core is still writing this record
+            break
         payload = data[pos + HEADER:pos + HEADER + length]
         pos += HEADER + length
         if kind == 1:
