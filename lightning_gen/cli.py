@@ -224,9 +224,9 @@ class LightningGenCLI(LightningCLI):
             ckpt_path = _requeued_checkpoint(self.trainer)
             if ckpt_path is not None:
                 self.config_init[self.subcommand]["ckpt_path"] = ckpt_path
-        if ckpt_path is None and not _requeued_job():
+        if ckpt_path is None and not _requeued_job() and not self.trainer.fast_dev_run:
             # A new run: not into an earlier run's folder. (A requeued SLURM job with no
-            # checkpoint yet starts again in its own folder.)
+            # checkpoint yet starts again in its own folder; a fast_dev_run writes nothing.)
             faults.check_new_run_folder(self.trainer, self.save_config_kwargs.get(
                 "config_filename", "config.yaml"))
         ckpt = checkpoint_to_resume(self, ckpt_path)
@@ -243,6 +243,10 @@ class LightningGenCLI(LightningCLI):
     def after_fit(self) -> None:
         trainer = self.trainer
         if not trainer.is_global_zero:
+            return
+        if trainer.fast_dev_run:
+            print("fast_dev_run: every step ran once; nothing was written (no run folder, "
+                  "checkpoint, metrics, images or W&B run)", flush=True)
             return
         lines = [f"Run folder:  {run_dir(trainer)}"]
         images = next((c for c in trainer.callbacks if isinstance(c, ImageGridCallback)), None)

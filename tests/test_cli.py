@@ -215,15 +215,27 @@ def test_ckpt_path_last_resumes_the_gan_run_in_its_folder():
         assert {int(s["step"]) for s in opt_state["state"].values()} == {4}
 
 
-def test_a_fast_dev_run_writes_no_checkpoint_that_ckpt_path_last_would_take():
+def test_a_fast_dev_run_writes_nothing_that_ckpt_path_last_or_compare_would_take(capsys):
+    # It wrote a folder with metrics.csv and images but no config.yaml: `compare 'runs/*/*'`
+    # then stopped at it ("not a run folder"), and Lightning 2.6 saved a last.ckpt there.
     args = ["fit", "--config", str(ROOT / "experiments/quickstart.yaml"), *FAST]
     main([*args, "--trainer.max_steps", "4"])
     run = only_run_dir()
+    capsys.readouterr()
     main([*args, "--trainer.fast_dev_run", "true"])
-    (debug,) = set(Path("runs").glob("*/*")) - {run}
-    assert not list(debug.rglob("*.ckpt"))
+    assert set(Path("runs").glob("*/*")) == {run}
+    assert "nothing was written" in capsys.readouterr().out
     main([*args, "--trainer.max_steps", "8", "--ckpt_path", "last"])
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 8
+
+
+def test_a_fast_dev_run_without_a_logger_leaves_the_folder_to_the_real_run(tmp_path):
+    args = ["fit", "--config", str(ROOT / "experiments/quickstart.yaml"), *FAST,
+            "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "run")]
+    main([*args, "--trainer.fast_dev_run", "true"])
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+    main([*args, "--trainer.max_steps", "2"])  # was refused: "already holds a run"
+    assert (tmp_path / "run/config.yaml").is_file()
 
 
 def test_ckpt_path_last_without_an_earlier_run_is_a_clear_error(capsys):

@@ -63,7 +63,7 @@ def write_png(png: bytes, path: str | Path) -> None:
 
 
 def log_grid(trainer: Trainer, name: str, grid: torch.Tensor, epochs_done: int | None = None
-             ) -> Path:
+             ) -> Path | None:
     """Write ``grid`` to ``<run dir>/images/<name>_epoch<E>.png`` (E: epochs completed,
     default ``trainer.current_epoch``) and ``<name>_last.png`` (atomically) and log the same
     uint8 pixels to W&B / TensorBoard as ``images/<name>`` at the step Lightning logs scalars at
@@ -72,13 +72,17 @@ def log_grid(trainer: Trainer, name: str, grid: torch.Tensor, epochs_done: int |
     ``_last`` path.
 
     The PNG is encoded once: both files hold its bytes, and W&B is given the epoch's file (it
-    copies the file into the run's media folder as it is)."""
+    copies the file into the run's media folder as it is). A ``fast_dev_run`` (Lightning's
+    debugging pass, whose loggers are Lightning's dummies) encodes it and writes nothing:
+    ``None``."""
     folder = run_dir(trainer) / "images"
     step = logging_step(trainer)
     epochs_done = trainer.current_epoch if epochs_done is None else epochs_done
     last = folder / f"{name}_last.png"
     pixels = grid_pixels(grid)
     png = png_bytes(pixels)
+    if trainer.fast_dev_run:
+        return None
     written = None
     # Images are not worth a run: a write that fails (a full disk) is one line on stderr, the
     # earlier PNGs stay as they were (atomic writes), and training goes on.
@@ -158,7 +162,9 @@ class ImageGridCallback(Callback):
             pl_module.train(was_training)
         for name, images in named.items():
             grid = image_grid(images, self.nrow)
-            self.last_paths[name] = log_grid(trainer, name, grid, epochs_done)
+            path = log_grid(trainer, name, grid, epochs_done)
+            if path is not None:
+                self.last_paths[name] = path
         self.last_logged_step = trainer.global_step
 
 
