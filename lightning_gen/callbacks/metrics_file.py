@@ -263,7 +263,8 @@ class MetricsFile(Callback):
 
     def _start(self, trainer: Trainer) -> None:
         """Find the run folder; a resumed run's rows give back its summary and its time."""
-        if self._folder is not None or not trainer.is_global_zero or trainer.fast_dev_run:
+        if (self._folder is not None or not trainer.is_global_zero
+                or getattr(trainer, "fast_dev_run", False)):
             return  # a fast_dev_run (Lightning's debugging pass) leaves no file behind
         self._folder = run_dir(trainer)
         _redirect_csv_loggers(trainer, self.path)
@@ -292,7 +293,8 @@ class MetricsFile(Callback):
     def write(self, metrics: dict[str, Any], step: int | None) -> None:
         """Append one logging call's scalars (rank 0) and update the summaries."""
         trainer = self.trainer
-        if trainer is None or not trainer.is_global_zero or trainer.fast_dev_run:
+        if (trainer is None or not trainer.is_global_zero
+                or getattr(trainer, "fast_dev_run", False)):
             return
         self._start(trainer)
         if self._t0 is None:
