@@ -13,7 +13,6 @@ from collections.abc import Callable
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
-from torchmetrics.functional.classification import binary_auroc
 
 from lightning_gen.callbacks.images import image_grid, log_grid
 from lightning_gen.models.gan_base import GANBase
@@ -280,7 +279,12 @@ class OutlierAUROCCallback(_PeriodicCallback):
         scores, targets = torch.cat(scores), torch.cat(targets)
         if targets.sum() == 0 or targets.sum() == len(targets):
             raise ValueError(f"the test images need both class {self.outlier_class} and others")
-        self.auroc = float(binary_auroc(scores, targets))
+        # scikit-learn's, from the scores' order. (torchmetrics' binary_auroc reads scores
+        # outside [0, 1] as logits and applies a sigmoid, which in float32 turns a VAE's
+        # negative ELBOs, tens to hundreds of nats, into 1.0 all alike: an AUROC of 0.5.)
+        from sklearn.metrics import roc_auc_score
+
+        self.auroc = float(roc_auc_score(targets.numpy(), scores.double().numpy()))
         for logger in trainer.loggers:
             logger.log_metrics({"outlier/auroc": self.auroc}, step=logging_step(trainer))
         top = scores.argsort(descending=True)[: self.num_show]
