@@ -192,3 +192,27 @@ def test_help_describes_the_command_in_a_whole_sentence(command, capsys):
     text = " ".join(description.split())
     assert usage.startswith("usage:") and text.endswith(".")
     assert text.count("(") == text.count(")"), text
+
+
+def test_a_nan_likelihood_is_not_left_out_of_the_average_and_is_counted():
+    # torchmetrics' MeanMetric drops NaN by default (with a warning): the average of the other
+    # images was reported as the model's test ELBO.
+    from datamodules import DigitsDataModule
+    from lightning_gen.metrics.evaluator import load_split
+    from lightning_gen.metrics.likelihood import likelihood_metrics
+    from lightning_gen.models import VAE
+
+    model = VAE((1, 28, 28), latent_dim=4, width=8).eval()
+    forward = model.forward
+
+    def one_nan(x, labels=None):
+        out = forward(x, labels)
+        out["log_px"][0] = float("nan")
+        return out
+
+    model.forward = one_nan
+    data = DigitsDataModule(image_size=28, batch_size=100)
+    result = likelihood_metrics(model, data, split="test", iw_samples=0, batch_size=100)
+    assert np.isnan(result["test_elbo_nats"])
+    images = len(load_split(data, "test"))
+    assert result["nonfinite_images"] == -(-images // 100)  # one image per batch

@@ -2,7 +2,8 @@
 of the PixelCNNs, and the Parzen-window estimate of any generator (Goodfellow et al. 2014).
 
 Each loops over a split in batches (sharded over DDP ranks where the values are averaged by
-torchmetrics), with a progress bar, and returns flat JSON-ready values.
+torchmetrics), with a progress bar, and returns flat JSON-ready values. An image whose value is
+NaN makes the average NaN (it is not left out), and ``nonfinite_images`` counts such images.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 from tqdm.auto import tqdm
 
 from lightning_gen.metrics.evaluator import is_conditional, load_split, rank_and_world
@@ -24,6 +25,24 @@ def _batches(dataset: Dataset, batch_size: int, rank: int, world: int):
     for b in range(rank, math.ceil(len(dataset) / batch_size), world):
         items = [dataset[i] for i in range(b * batch_size, min(len(dataset), (b + 1) * batch_size))]
         yield b, torch.stack([x for x, _ in items]), default_collate([y for _, y in items])
+
+
+def _mean_and_count() -> tuple[MeanMetric, SumMetric]:
+    """A mean that keeps NaN (torchmetrics' default, ``nan_strategy="warn"``, drops those
+    images with a warning, and the average of the rest looks better than the model is) and a
+    count of the images whose value is not finite."""
+    return MeanMetric(nan_strategy="disable"), SumMetric()
+
+
+def _update(mean: MeanMetric, nonfinite: SumMetric, values: torch.Tensor) -> None:
+    mean.update(values)
+    nonfinite.update((~torch.isfinite(values)).sum().float())
+
+
+def _nonfinite_info(nonfinite: SumMetric) -> dict:
+    """``{"nonfinite_images": n}`` when some image's value was NaN or infinite."""
+    n = int(nonfinite.compute())
+    return {"nonfinite_images": n} if n else {}
 
 
 def binarization_info(datamodule) -> dict:
@@ -41,7 +60,8 @@ def likelihood_metrics(model, datamodule, split: str = "test", iw_samples: int =
     averaged by torchmetrics. Class-conditional VAEs are scored given the images' labels."""
     dataset = load_split(datamodule, split)
     rank, world = rank_and_world()
-    elbo, iwae = MeanMetric().to(device), MeanMetric().to(device)
+    (elbo, bad), (iwae, bad_iwae) = _mean_and_count(), _mean_and_count()
+    elbo, bad, iwae, bad_iwae = (m.to(device) for m in (elbo, bad, iwae, bad_iwae))
     fork = [device] if torch.device(device).type == "cuda" else []
     n_batches = math.ceil(len(dataset) / batch_size)
     with torch.random.fork_rng(devices=fork):
@@ -51,13 +71,16 @@ def likelihood_metrics(model, datamodule, split: str = "test", iw_samples: int =
             torch.manual_seed(seed + b)
             x, labels = x.to(device), model.conditioning((x.to(device), y.to(device)))
             out = model(x, labels)
-            elbo.update(out["log_px"] - out["kl"])
+            _update(elbo, bad, out["log_px"] - out["kl"])
             if iw_samples > 0:
-                iwae.update(model.importance_weighted_bound(x, k=iw_samples, labels=labels))
+                _update(iwae, bad_iwae, model.importance_weighted_bound(x, k=iw_samples,
+                                                                        labels=labels))
     result = {"test_elbo_nats": float(elbo.compute()), "likelihood_split": split,
-              **binarization_info(datamodule)}
+              **binarization_info(datamodule), **_nonfinite_info(bad)}
     if iw_samples > 0:
         result.update({"test_iwae_nats": float(iwae.compute()), "iwae_k": iw_samples})
+        if int(bad_iwae.compute()):
+            result["nonfinite_images_iwae"] = int(bad_iwae.compute())
     return result
 
 
@@ -68,7 +91,7 @@ def nll_metrics(model, datamodule, split: str = "test", batch_size: int = 100, d
     dimension (``nats / (C H W ln 2)``), averaged over ``split`` (sharded over DDP ranks)."""
     dataset = load_split(datamodule, split)
     rank, world = rank_and_world()
-    nll = MeanMetric().to(device)
+    nll, bad = (m.to(device) for m in _mean_and_count())
     n_batches = math.ceil(len(dataset) / batch_size)
     dims = None
     for _, x, y in tqdm(_batches(dataset, batch_size, rank, world), desc=f"NLL ({split})",
@@ -76,10 +99,10 @@ def nll_metrics(model, datamodule, split: str = "test", batch_size: int = 100, d
                         disable=not progress or rank != 0):
         x = x.to(device)
         dims = x[0].numel()
-        nll.update(model.nll(x, model.conditioning((x, y.to(device)))))
+        _update(nll, bad, model.nll(x, model.conditioning((x, y.to(device)))))
     nats = float(nll.compute())
     return {"test_nll_nats": nats, "test_bits_per_dim": nats / (dims * math.log(2)),
-            "likelihood_split": split, **binarization_info(datamodule)}
+            "likelihood_split": split, **binarization_info(datamodule), **_nonfinite_info(bad)}
 
 
 # ----------------------------------------------------------------------------------------------
