@@ -11,6 +11,7 @@ The CLI adds it to every run as ``--performance.*`` (channels_last and compile o
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 import torch
@@ -104,10 +105,17 @@ class Performance(Callback):
             pl_module.to(memory_format=torch.channels_last)
             pl_module.channels_last = True  # GenerativeModel converts the batches too
         if self.compile and not self.compiled:
+            twice = tuple(getattr(pl_module, "twice_differentiated", ()))
             for name, child in pl_module.named_children():
+                if name in twice:
+                    continue
                 if isinstance(child, nn.Module) and any(True for _ in child.parameters()):
                     child.compile(mode=self.compile_mode, backend=self.compile_backend)
                     self.compiled.append(name)
+            if twice and trainer.is_global_zero:
+                print(f"lightning-gen: --performance.compile leaves {' and '.join(twice)} of "
+                      f"{type(pl_module).__name__} uncompiled: a gradient penalty differentiates "
+                      "it twice, which torch.compile cannot", file=sys.stderr, flush=True)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.flushing:  # the process's default again (other code in it expects IEEE)

@@ -31,6 +31,8 @@ class DRAGAN(_BinaryGANLosses, GANBase):
         **kwargs: further options of ``GANBase`` (``n_critic``, ``ema_decay``, ...).
     """
 
+    twice_differentiated = ("discriminator",)  # the gradient penalty
+
     def __init__(
         self,
         image_shape: tuple[int, int, int] = (3, 32, 32),

@@ -112,6 +112,11 @@ class GANBase(GenerativeModel):
     def discriminate(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.discriminator(x)
 
+    #: Child networks whose outputs a penalty differentiates twice (``input_gradients``, with
+    #: ``create_graph``): ``torch.compile`` cannot ("does not currently support double
+    #: backward"), so ``--performance.compile`` leaves them as they are.
+    twice_differentiated: tuple[str, ...] = ()
+
     def discriminator_loss(
         self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:

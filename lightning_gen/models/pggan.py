@@ -75,6 +75,8 @@ class PGGAN(GANBase):
         **kwargs: further options of :class:`~lightning_gen.models.gan_base.GANBase`.
     """
 
+    twice_differentiated = ("discriminator",)  # the gradient penalty
+
     def __init__(
         self,
         image_shape: tuple[int, int, int] = (3, 32, 32),

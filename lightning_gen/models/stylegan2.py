@@ -63,6 +63,13 @@ class StyleGAN2(GANBase):
         **kwargs: further options of :class:`~lightning_gen.models.gan_base.GANBase`.
     """
 
+    @property
+    def twice_differentiated(self) -> tuple[str, ...]:
+        """R1 differentiates D, the path-length penalty G's synthesis network."""
+        hp = self.hparams
+        return (("discriminator",) if hp.r1_gamma > 0 else ()) + (
+            ("generator",) if hp.pl_weight > 0 else ())
+
     def __init__(
         self,
         image_shape: tuple[int, int, int] = (3, 32, 32),
