@@ -219,6 +219,19 @@ def test_dinov2_loads_from_a_hub_folder_without_network(dinov2_hub, no_network):
     assert other.name != extractor.name and not torch.allclose(other(_images())[0], features)
 
 
+def test_dinov2_hub_code_is_imported_with_xformers_disabled(dinov2_hub, no_network,
+                                                            monkeypatch):
+    # DINOv2's attention picks xFormers at import unless XFORMERS_DISABLED is set, as
+    # torch-fidelity sets it before its own hub load: the same features as torch-fidelity's.
+    hub, _ = dinov2_hub
+    monkeypatch.delenv("XFORMERS_DISABLED", raising=False)
+    hubconf = hub / DINOV2_REPO_DIR / "hubconf.py"
+    hubconf.write_text("import os, pathlib\npathlib.Path(__file__).with_name('seen.txt')"
+                       ".write_text(repr(os.environ.get('XFORMERS_DISABLED')))\n" + HUBCONF)
+    build_extractor(f"dinov2-vit-l-14:{hub}")
+    assert (hub / DINOV2_REPO_DIR / "seen.txt").read_text() == "'1'"
+
+
 def test_dinov2_hub_folder_without_the_checkpoint_is_a_clear_error(dinov2_hub, no_network):
     hub, ckpt = dinov2_hub
     ckpt.unlink()

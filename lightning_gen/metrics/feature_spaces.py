@@ -244,6 +244,10 @@ def _load_from_hub_dir(hub: Path) -> tuple[nn.Module, Path]:
     _load_state_dict(ckpt, "DINOv2")
     previous = torch.hub._hub_dir
     torch.hub.set_dir(str(hub))
+    # As torch-fidelity does before its own hub load: DINOv2's attention reads this once, at
+    # import, and would otherwise use xFormers where it is installed (other features than
+    # torch-fidelity's, under the same extractor name and cache key).
+    os.environ["XFORMERS_DISABLED"] = "1"
     try:
         with redirect_stdout(sys.stderr), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="xFormers")
