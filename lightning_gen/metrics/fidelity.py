@@ -4,8 +4,9 @@ The formulas are torch-fidelity 0.4's own functions, called on features we extra
 ourselves (so the numbers are those ``torch_fidelity.calculate_metrics`` gives on the same images
 and weights, and nothing is re-implemented):
 
-* FID (Heusel et al. 2017): ``|mu_1 - mu_2|^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))`` on float64
-  means and covariances (``fid_features_to_statistics``, ``fid_statistics_to_metric``).
+* FID (Heusel et al. 2017): ``|mu_1 - mu_2|^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))`` on float32
+  means (as the TTUR reference code) and float64 covariances (``fid_features_to_statistics``,
+  ``fid_statistics_to_metric``).
 * IS (Salimans et al. 2016): ``exp E_x KL(p(y|x) || p(y))`` over ``isc_splits`` splits of the
   shuffled samples, mean and std (``isc_features_to_metric``).
 * KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel over
@@ -87,7 +88,7 @@ class FeatureStore(Metric):
 
 
 def fid_statistics(features: torch.Tensor) -> dict[str, np.ndarray]:
-    """``{"mu": (D,), "sigma": (D, D)}`` in float64 (torch-fidelity's estimator)."""
+    """``{"mu": (D,) float32, "sigma": (D, D) float64}`` (torch-fidelity's estimator)."""
     return fid_features_to_statistics(features.detach().cpu().float())
 
 
