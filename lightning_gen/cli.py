@@ -189,6 +189,11 @@ class LightningGenCLI(LightningCLI):
             # Before the model is built (which can start torch's intra-op threads), so that
             # every thread flushes denormals (lightning_gen.callbacks.performance).
             flush_denormals_before_threads(config)
+            if config.get("performance.float32_matmul_precision"):
+                import torch
+
+                # Before the Trainer sets up the GPU, where Lightning hints at it otherwise.
+                torch.set_float32_matmul_precision(config["performance.float32_matmul_precision"])
         _wandb_agent_run(config)
         _resume_latest_run(config)
         merge_last(self, getattr(self, "_argv", []))

@@ -370,6 +370,23 @@ def test_compile_trains_the_gradient_penalty_models_leaving_twice_differentiated
     assert f"leaves {' and '.join(left)} of" in capsys.readouterr().err
 
 
+class _MatmulPrecisionProbe(L.Callback):
+    seen: list[str] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        _MatmulPrecisionProbe.seen.append(torch.get_float32_matmul_precision())
+
+
+def test_float32_matmul_precision_holds_for_the_run_and_is_given_back():
+    before = torch.get_float32_matmul_precision()
+    _MatmulPrecisionProbe.seen = []
+    perf = Performance(float32_matmul_precision="high")
+    tiny_trainer(max_steps=2, callbacks=[perf, _MatmulPrecisionProbe()]).fit(
+        GANS["dcgan"](), digits())
+    assert _MatmulPrecisionProbe.seen == ["high"]  # one batch: a D and a G step
+    assert torch.get_float32_matmul_precision() == before
+
+
 class _DenormalProbe(L.Callback):
     """Whether a float32 denormal survives a multiplication during training."""
 

@@ -62,6 +62,15 @@ class Performance(Callback):
             (:func:`flush_denormals_before_threads`): building a model can start them (the
             copy of G for ``ema_decay > 0``). In a notebook whose threads already run it
             reaches the training thread's share of each operation only.
+        float32_matmul_precision: ``torch.set_float32_matmul_precision`` for the run:
+            ``"high"`` lets float32 matrix products (linear layers, attention) on
+            Ampere-or-later GPUs use TF32 tensor cores (10-bit mantissa inputs, float32
+            accumulation), what Lightning's start-up hint on such GPUs suggests; ``"medium"``
+            bfloat16. ``None`` (default) keeps torch's ``"highest"`` (full float32). Only
+            matrix products: cuDNN convolutions use TF32 by default already
+            (``torch.backends.cudnn.allow_tf32``). The legacy setter on purpose: Lightning and
+            inductor read it, and torch raises when its newer ``fp32_precision`` flags were set
+            in the same process. Given back at the end of the run.
         keep_freed_memory: When the model trains on the CPU (Linux, glibc), keep memory that
             freed tensors leave in the process for the next step's tensors, rather than giving it
             back to the operating system and faulting it in again page by page at every step
@@ -82,6 +91,7 @@ class Performance(Callback):
         train_logging: Literal["losses", "all", "written"] = "losses",
         flush_denormal: bool = True,
         keep_freed_memory: bool = True,
+        float32_matmul_precision: Literal["highest", "high", "medium"] | None = None,
     ) -> None:
         self.channels_last = channels_last
         self.compile = compile
@@ -90,7 +100,9 @@ class Performance(Callback):
         self.train_logging = train_logging
         self.flush_denormal = flush_denormal
         self.keep_freed_memory = keep_freed_memory
+        self.float32_matmul_precision = float32_matmul_precision
         self.flushing = False  # set by this callback for the run, given back at teardown
+        self._matmul_before: str | None = None  # the precision to give back at teardown
         self.compiled: list[str] = []
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -99,6 +111,9 @@ class Performance(Callback):
             self.flushing = torch.set_flush_denormal(True)  # False where the CPU cannot
         if self.keep_freed_memory and on_cpu:
             keep_freed_memory()
+        if self.float32_matmul_precision and self._matmul_before is None:
+            self._matmul_before = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision(self.float32_matmul_precision)
         if hasattr(pl_module, "train_logging"):
             pl_module.train_logging = self.train_logging
         if self.channels_last:
@@ -121,6 +136,9 @@ class Performance(Callback):
         if self.flushing:  # the process's default again (other code in it expects IEEE)
             torch.set_flush_denormal(False)
             self.flushing = False
+        if self._matmul_before is not None:
+            torch.set_float32_matmul_precision(self._matmul_before)
+            self._matmul_before = None
 
 
 def will_train_on_cpu(accelerator: object) -> bool:
