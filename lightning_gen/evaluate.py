@@ -63,6 +63,7 @@ from lightning_gen.protocols import (
     with_protocol,
 )
 from lightning_gen.published import published_for
+from lightning_gen.run_record import versions
 from lightning_gen.runs import atomic_write
 
 # ----------------------------------------------------------------------------------------------
@@ -385,6 +386,8 @@ def evaluate(
             result.update(run_protocol.record())
             result.update(published_for(result, model, datamodule, run_protocol))
             result["elapsed_s"] = round(time.perf_counter() - started, 2)
+            # The code behind the numbers (torch-fidelity's features and formulas, the device).
+            result["versions"] = versions(device=fabric.device, world_size=fabric.world_size)
             if rank0:
                 path = json_path(ckpt)
                 result["json_path"] = str(path)

@@ -163,10 +163,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def versions(trainer: Trainer | None = None) -> dict[str, Any]:
-    """Python, torch, Lightning, lightning-gen, wandb, CUDA and cuDNN versions, and the name of
-    the device the run trains on."""
-    device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+def versions(trainer: Trainer | None = None, device: torch.device | str | None = None,
+             world_size: int | None = None) -> dict[str, Any]:
+    """Python, torch, torchvision, Lightning, torchmetrics, torch-fidelity (the metrics'
+    code), lightning-gen, wandb, CUDA and cuDNN versions, and the name of the device the run
+    trains on (``trainer``'s, else ``device``, else the CPU)."""
+    if trainer is not None:
+        device = trainer.strategy.root_device
+    device = torch.device(device if device is not None else "cpu")
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     elif device.type == "cpu":
@@ -180,10 +184,23 @@ def versions(trainer: Trainer | None = None) -> dict[str, Any]:
     except ImportError:
         wandb_version = None
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    import torchmetrics
+    import torchvision
+
+    try:
+        from importlib.metadata import version
+
+        fidelity = version("torch-fidelity")
+    except Exception:  # noqa: BLE001 (not installed, or no metadata)
+        fidelity = None
+    if world_size is None:
+        world_size = trainer.world_size if trainer is not None else 1
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "lightning": lightning.__version__, "lightning_gen": lightning_gen.__version__,
-            "wandb": wandb_version, "cuda": torch.version.cuda, "cudnn": cudnn,
-            "device": name, "num_devices": trainer.world_size if trainer is not None else 1}
+            "torchvision": torchvision.__version__, "lightning": lightning.__version__,
+            "torchmetrics": torchmetrics.__version__, "torch_fidelity": fidelity,
+            "lightning_gen": lightning_gen.__version__, "wandb": wandb_version,
+            "cuda": torch.version.cuda, "cudnn": cudnn, "device": name,
+            "num_devices": world_size}
 
 
 def run_record(config: dict, trainer: Trainer | None = None,

@@ -77,6 +77,18 @@ def test_evaluate_dcgan_writes_the_json_and_prints_a_table(runs, tmp_path, capsy
     assert "FID" in table and f"{result['fid']:.6g}" in table
 
 
+def test_evaluate_json_names_the_code_and_device_behind_its_numbers(runs, tmp_path):
+    import torch_fidelity
+    import torchmetrics
+
+    result = _evaluate(runs["dcgan"], runs["classifier"], tmp_path / "dcgan.json")
+    versions = result["versions"]
+    assert versions["torch"] == torch.__version__
+    assert versions["torch_fidelity"] == torch_fidelity.__version__
+    assert versions["torchmetrics"] == torchmetrics.__version__
+    assert versions["device"] and versions["num_devices"] == 1
+
+
 def test_evaluate_vae_reports_elbo_and_importance_weighted_bound(runs, tmp_path):
     result = _evaluate(runs["vae"], runs["classifier"], tmp_path / "vae.json",
                        "--iw_samples", "8")
