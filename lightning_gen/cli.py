@@ -92,7 +92,7 @@ class RunConfigCallback(SaveConfigCallback):
         if stage != "fit" and path.is_file():
             path = path.with_name(f"{path.stem}_{stage}{path.suffix}")
         atomic_write(path, lambda tmp: self.parser.save(
-            self.config, tmp, skip_none=False, overwrite=True, multifile=False,
+            self.config, tmp, skip_unset=False, overwrite=True, multifile=False,
             format="yaml"))
         self.saved_path = path
         record_run(trainer, pl_module, path)  # the resolved config, and more, into W&B
