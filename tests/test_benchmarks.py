@@ -430,3 +430,14 @@ def test_end_to_end_repeats_alternate_the_runs_and_report_medians(monkeypatch, c
     assert by_run["cli"]["ratio"] == 1.1  # median of the pairs; 26 / 25 would be 1.04
     out = capsys.readouterr().out
     assert "cli / plain in each of 3 alternated repeats: 1.10, 1.20, 1.04 (median 1.10)" in out
+
+
+def test_gpu_torch_checks_run_on_the_cpu_and_print_one_json_line_per_result(capsys):
+    checks = load("gpu_torch_checks")
+    checks.main(["--checks", "1,3,4"])
+    rows = [json.loads(line[5:]) for line in capsys.readouterr().out.splitlines()
+            if line.startswith("JSON ")]
+    assert [r["check"] for r in rows] == ["tf32_api", "spectral_norm_amp", "seeded_draws"]
+    assert rows[0]["skipped"] is True  # CUDA only
+    assert 0 <= rows[1]["relative_error"] < 0.05  # bf16 autocast against float32
+    assert set(rows[2]) == {"check", "randperm", "random_split", "fixed_noise", "init", "shuffle"}
