@@ -241,11 +241,13 @@ class WandbLogger(_LightningWandbLogger):
         if self._defined_run is not run:  # a new W&B run (a later trainer call)
             self._defined_run, self._defined = run, set()
         for name in metrics:
+            if name in self._defined:  # seen in this run (with a goal or without)
+                continue
+            self._defined.add(name)
             goal = goal_of(name)
-            if goal is not None and name not in self._defined:
+            if goal is not None:
                 run.define_metric(_key(self._prefix, self.LOGGER_JOIN_CHAR, name),
                                   step_metric="trainer/global_step", summary=f"{goal},last")
-                self._defined.add(name)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
