@@ -176,8 +176,8 @@ class WandbLogger(_LightningWandbLogger):
         self._run_config_sent = False
         #: Training images seen so far (set by ``ImagesSeen``); added to each logged row.
         self.images_seen: int | None = None
-        self._defined_run: Any = None
-        self._defined: set[str] = set()
+        self._goals_run: Any = None
+        self._seen_names: set[str] = set()
 
     @property
     def log_dir(self) -> str:
@@ -238,12 +238,12 @@ class WandbLogger(_LightningWandbLogger):
         run = self.experiment
         if getattr(run, "define_metric", None) is None:
             return
-        if self._defined_run is not run:  # a new W&B run (a later trainer call)
-            self._defined_run, self._defined = run, set()
+        if self._goals_run is not run:  # a new W&B run (a later trainer call)
+            self._goals_run, self._seen_names = run, set()
         for name in metrics:
-            if name in self._defined:  # seen in this run (with a goal or without)
+            if name in self._seen_names:  # seen in this run (with a goal or without)
                 continue
-            self._defined.add(name)
+            self._seen_names.add(name)
             goal = goal_of(name)
             if goal is not None:
                 run.define_metric(_key(self._prefix, self.LOGGER_JOIN_CHAR, name),
