@@ -39,10 +39,10 @@ def _update(mean: MeanMetric, nonfinite: SumMetric, values: torch.Tensor) -> Non
     nonfinite.update((~torch.isfinite(values)).sum().float())
 
 
-def _nonfinite_info(nonfinite: SumMetric) -> dict:
-    """``{"nonfinite_images": n}`` when some image's value was NaN or infinite."""
+def _nonfinite_info(nonfinite: SumMetric, key: str = "nonfinite_images") -> dict:
+    """``{key: n}`` when some image's value was NaN or infinite."""
     n = int(nonfinite.compute())
-    return {"nonfinite_images": n} if n else {}
+    return {key: n} if n else {}
 
 
 def binarization_info(datamodule) -> dict:
@@ -78,9 +78,8 @@ def likelihood_metrics(model, datamodule, split: str = "test", iw_samples: int =
     result = {"test_elbo_nats": float(elbo.compute()), "likelihood_split": split,
               **binarization_info(datamodule), **_nonfinite_info(bad)}
     if iw_samples > 0:
-        result.update({"test_iwae_nats": float(iwae.compute()), "iwae_k": iw_samples})
-        if int(bad_iwae.compute()):
-            result["nonfinite_images_iwae"] = int(bad_iwae.compute())
+        result.update({"test_iwae_nats": float(iwae.compute()), "iwae_k": iw_samples,
+                       **_nonfinite_info(bad_iwae, "nonfinite_images_iwae")})
     return result
 
 
