@@ -83,3 +83,30 @@ def test_a_weights_file_that_is_not_inception_is_a_clear_error(tmp_path):
     (tmp_path / "junk.pth").write_text("not a weights file")
     with pytest.raises(ValueError, match="not a PyTorch weights file"):
         build_extractor("inception", weights_path=str(tmp_path / "junk.pth"))
+
+
+def test_reference_features_cached_under_another_torch_fidelity_are_recomputed(
+        tmp_path, weights, monkeypatch):
+    # torch-fidelity's code (its TF1 resize, its layer taps) makes the features as much as the
+    # weights do: a cache entry written under another version is not reused.
+    from datamodules import DigitsDataModule
+    from lightning_gen.metrics import GenerativeEvaluator
+
+    datamodule, cache = DigitsDataModule(image_size=32), tmp_path / "cache"
+
+    def reference(version: str | None):
+        if version is not None:
+            monkeypatch.setattr("importlib.metadata.version", lambda name: version)
+        evaluator = GenerativeEvaluator(InceptionExtractor(str(weights)), batch_size=8,
+                                        cache_dir=str(cache))
+        evaluator.reference(datamodule, "test", num_images=8)
+        return evaluator.reference_info
+
+    installed = reference(None)
+    assert installed["extractor_code"] == f"torch-fidelity {torch_fidelity.__version__}"
+    assert installed["from_cache"] is False
+    assert reference(None)["from_cache"] is True  # same code: the entry is reused
+    upgraded = reference("99.0.0")
+    assert upgraded["extractor_code"] == "torch-fidelity 99.0.0"
+    assert upgraded["from_cache"] is False and upgraded["cache_file"] != installed["cache_file"]
+    assert len(list(cache.glob("*.npz"))) == 2

@@ -151,6 +151,9 @@ class GenerativeEvaluator:
             "image_shape": list(getattr(datamodule, "image_shape", ())),
             "preprocessing": PREPROCESSING,
             "extractor": self.extractor.name,
+            # The library code around the weights (torch-fidelity's resize, layer taps): an
+            # upgrade recomputes the features. The suite's own classifier keeps its old keys.
+            **({"extractor_code": self.extractor.code} if self.extractor.code else {}),
             # Binarized images are other data; grey data keeps its old keys (and cache entries).
             **({"binarize": datamodule.binarization(split)}
                if getattr(datamodule, "binarize", "none") != "none" else {}),

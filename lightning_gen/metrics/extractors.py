@@ -53,11 +53,22 @@ def file_digest(path: str | os.PathLike, n_hex: int = 16) -> str:
 class FeatureExtractor(nn.Module):
     """``forward(uint8 (B, C, H, W)) -> (features (B, D), logits (B, K))``, float32, no grad.
 
-    ``name`` identifies the extractor *and its weights* (it goes into cache keys and JSON).
+    ``name`` identifies the extractor *and its weights* (it goes into cache keys and JSON);
+    ``code`` the version of the library code that turns images into features beyond the weights
+    (resize, normalisation, layer taps: torch-fidelity's for its extractors; empty for the
+    suite's own classifier), also part of reference-cache keys.
     """
 
     name: str = "extractor"
     num_classes: int = 0
+    code: str = ""
+
+
+def torch_fidelity_code() -> str:
+    """``"torch-fidelity <version>"``: the ``code`` of extractors that run torch-fidelity's."""
+    from importlib.metadata import version
+
+    return f"torch-fidelity {version('torch-fidelity')}"
 
 
 
@@ -168,6 +179,7 @@ class InceptionExtractor(FeatureExtractor):
         # rounding; parameters keep the layout through .to(device).
         self.net.to(memory_format=torch.channels_last)
         self.name = f"inception-v3-{digest}"
+        self.code = torch_fidelity_code()
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ from unittest import mock
 import torch
 from torch import nn
 
-from lightning_gen.metrics.extractors import FeatureExtractor, file_digest
+from lightning_gen.metrics.extractors import FeatureExtractor, file_digest, torch_fidelity_code
 
 VGG16_NAME, CLIP_NAME, DINOV2_NAME = "vgg16", "clip-vit-b-32", "dinov2-vit-l-14"
 #: torchvision's ``VGG16_Weights.IMAGENET1K_V1``, what torch-fidelity's vgg16 loads.
@@ -142,6 +142,7 @@ class VGG16Extractor(_TorchFidelityFeatures):
             self.net = fe.FeatureExtractorVGG16(VGG16_NAME, ["fc2_relu"])
         self.net.to(memory_format=torch.channels_last)  # faster convolutions, same numbers
         self.name = f"{VGG16_NAME}-{file_digest(path)}"
+        self.code = torch_fidelity_code()
 
 
 def write_random_vgg16_weights(path: str | os.PathLike, seed: int = 0,
@@ -196,6 +197,7 @@ class CLIPExtractor(_TorchFidelityFeatures):
         if found != CLIP_VIT_B_32:
             raise ValueError(f"{path} holds a CLIP model, but not ViT-B/32 ({found}); {hint}")
         self.name = f"{CLIP_NAME}-{file_digest(path)}"
+        self.code = torch_fidelity_code()
 
 
 def write_random_clip_weights(path: str | os.PathLike, seed: int = 0) -> Path:
@@ -293,6 +295,7 @@ class DINOv2Extractor(_TorchFidelityFeatures):
             raise ValueError(f"the hub's {DINOV2_ENTRY} has embed_dim {dim}, not ViT-L/14's "
                              f"{self.embed_dim}")
         self.name = f"{DINOV2_NAME}-{file_digest(ckpt)}"
+        self.code = torch_fidelity_code()
 
 
 def build(name: str, path: str | None) -> FeatureExtractor:

@@ -1,8 +1,8 @@
 """A disk cache of reference (real-data) features, keyed by everything that changes them.
 
 The key holds the dataset (DataModule class, data folder, split, number of images), the image
-shape, the preprocessing protocol and the feature extractor's name (which includes a digest of
-its weights). Entries are ``<cache_dir>/<dataset>-<split>-<hash>.npz`` holding the features (for
+shape, the preprocessing protocol, the feature extractor's name (which includes a digest of
+its weights) and the version of the library code that runs it (torch-fidelity's). Entries are ``<cache_dir>/<dataset>-<split>-<hash>.npz`` holding the features (for
 KID and precision/recall), the float64 FID statistics and the key itself (real logits are not
 needed: the Inception Score is a property of the generated samples alone); they are written atomically (temporary file +
 rename), so concurrent runs never read half a file.
