@@ -97,3 +97,31 @@ def test_a_fit_with_a_pathlib_data_dir_loads_with_lightnings_load_from_checkpoin
     loaded = VAE.load_from_checkpoint(path)  # weights_only: torch's default
     assert torch.equal(loaded.fixed_noise, model.fixed_noise)
     assert DigitsDataModule.load_from_checkpoint(path).data_dir == str(tmp_path / "data")
+
+
+class RecordLogSteps(L.Callback):
+    """The step and epoch Lightning gives its loggers, at each validation end."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_validation_end(self, trainer, pl_module):
+        self.seen.append((trainer.fit_loop.epoch_loop._batches_that_stepped, trainer.current_epoch))
+
+
+def test_validate_with_a_checkpoint_logs_at_its_step_and_leaves_the_trainer_as_it_was(tmp_path):
+    torch.manual_seed(0)
+    loader = fixed_batch_loader((1, 28, 28), n=4, repeats=3)
+    model = VAE((1, 28, 28), latent_dim=4, width=8)
+    trainer(tmp_path, max_epochs=2, limit_val_batches=0).fit(model, loader)
+    record = RecordLogSteps()
+    again = trainer(tmp_path, max_epochs=1, limit_val_batches=1, callbacks=[record])
+    again.validate(model, loader, ckpt_path=tmp_path / "ckpt/last.ckpt")
+    saved = torch.load(tmp_path / "ckpt/last.ckpt", weights_only=False)
+    assert saved["epoch"] == 2  # saved at the end of fit: trainer.current_epoch, 2 epochs done
+    assert record.seen == [(6, 2)]  # 2 epochs of 3 batches, the checkpoint's epoch; not (0, 0)
+    # Python API: the same trainer fits afresh afterwards, from step 0 and epoch 0.
+    again.fit(VAE((1, 28, 28), latent_dim=4, width=8), loader, loader)
+    # Its sanity check at (0, 0); then epoch 0's validation, before its last batch is counted.
+    assert record.seen[1:] == [(0, 0), (2, 0)]
+    assert again.fit_loop.epoch_loop._batches_that_stepped == 3

@@ -43,7 +43,6 @@ from typing import Any, Literal
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_gen.callbacks.metrics import GenerativeMetricsCallback
@@ -216,7 +215,6 @@ class MetricsFile(Callback):
         self._wandb_runs: dict[int, tuple[Any, set[str]]] = {}
         self._protocols: dict[str, tuple[str, str]] = {}
         self._offset = 0.0
-        self._checkpoint_step: tuple[int, int] | None = None
 
     def attach(self, trainer: Trainer) -> MetricsFile:
         """Add this callback and its logger (after the trainer's loggers) to ``trainer``."""
@@ -237,20 +235,8 @@ class MetricsFile(Callback):
         # The clock starts when fitting does (setup read the time already spent, if resumed).
         self._t0 = time.monotonic() - self._offset
 
-    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
-        # validate/test --ckpt_path: Lightning restores no loop state outside fit and logs their
-        # results at step 0 (before any training); their rows get the checkpoint's step and
-        # epoch instead, the ones its training would have logged next.
-        if trainer.state.fn == TrainerFn.FITTING:
-            return
-        loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
-        step = loop.get("_batches_that_stepped", checkpoint.get("global_step", 0))
-        self._checkpoint_step = (int(step), int(checkpoint.get("epoch", 0)))
-
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.finish()
-        self._checkpoint_step = None
 
     # --- files -----------------------------------------------------------------------------
     @property
@@ -301,8 +287,6 @@ class MetricsFile(Callback):
             self._t0 = time.monotonic()
         step = int(step if step is not None else trainer.fit_loop.epoch_loop._batches_that_stepped)
         epoch = int(metrics.get("epoch", trainer.current_epoch))
-        if self._checkpoint_step is not None and trainer.state.fn != TrainerFn.FITTING:
-            step, epoch = self._checkpoint_step
         g_steps = getattr(trainer.lightning_module, "g_steps", None)
         g_steps = "" if g_steps is None else int(g_steps)
         wall_time = f"{time.monotonic() - self._t0:.3f}"

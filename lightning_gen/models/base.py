@@ -20,6 +20,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 # GenerativeModel overrides on_after_batch_transfer (channels_last batches) for every model; the
 # warning that a DataModule's own hook is then not used does not apply to ours.
@@ -223,6 +224,37 @@ class GenerativeModel(L.LightningModule):
                 f"this {type(self).__name__} is built for {tuple(self.hparams.image_shape)} "
                 "(from the data). Use the data the checkpoint was trained on."
             )
+        self._evaluate_at_checkpoint_step(checkpoint)
+
+    def _evaluate_at_checkpoint_step(self, checkpoint: dict) -> None:
+        """``validate`` / ``test`` / ``predict`` with a checkpoint log at its step and epoch.
+
+        Lightning restores no loop state outside ``fit``, and its loggers take the step and
+        epoch of the fit loop (``_batches_that_stepped``, ``current_epoch``): 0 and 0, so a
+        trained checkpoint's validation or test results went into W&B, TensorBoard and
+        ``metrics.csv`` (and its image grids were captioned) as if measured before any
+        training. For this call they are the checkpoint's, the step its training logged at;
+        ``teardown`` puts the fit loop back.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn in (None, TrainerFn.FITTING):
+            return
+        loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+        if "_batches_that_stepped" not in loop and "global_step" not in checkpoint:
+            return
+        epoch_loop, epochs = trainer.fit_loop.epoch_loop, trainer.fit_loop.epoch_progress.current
+        if getattr(self, "_fit_loop_before_checkpoint", None) is None:
+            self._fit_loop_before_checkpoint = (epoch_loop._batches_that_stepped, epochs.completed)
+        epoch_loop._batches_that_stepped = int(
+            loop.get("_batches_that_stepped", checkpoint.get("global_step", 0)))
+        epochs.completed = int(checkpoint.get("epoch", 0))
+
+    def teardown(self, stage: str) -> None:
+        saved = getattr(self, "_fit_loop_before_checkpoint", None)
+        if saved is not None and self._trainer is not None:
+            fit_loop = self.trainer.fit_loop
+            fit_loop.epoch_loop._batches_that_stepped, fit_loop.epoch_progress.current.completed = saved
+        self._fit_loop_before_checkpoint = None
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
