@@ -249,9 +249,9 @@ def test_sample_grid_and_evaluate_report_the_papers_protocol(cifar10_dir, tmp_pa
                    "--trainer.default_root_dir", str(tmp_path / "run"), steps=2)
     model = cli.model
     grids = model.log_images()
-    assert grids["bicubic_output_target"].shape == (24, 3, 32, 32)
-    torch.testing.assert_close(grids["bicubic_output_target"][16:], model.fixed_target)
-    torch.testing.assert_close(grids["bicubic_output_target"][8:16], model.sample(8))
+    assert grids["bicubic_output_target"].shape == (3, 8, 3, 32, 32)  # 3 aligned rows of 8
+    torch.testing.assert_close(grids["bicubic_output_target"][2], model.fixed_target)
+    torch.testing.assert_close(grids["bicubic_output_target"][1], model.sample(8))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
 
     main(["sample", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "samples"),
@@ -285,3 +285,26 @@ def test_sample_grid_and_evaluate_report_the_papers_protocol(cifar10_dir, tmp_pa
     assert abs(result["ssim"] - float(ssim.mean())) < 1e-4
     assert isinstance(build_lpips("random"), nn.Module)
     assert F.mse_loss(output, target) > 0
+
+
+def test_grid_rows_stay_aligned_when_batches_are_smaller_than_the_grid():
+    # Batches of 4 with an 8-wide grid put 4 bicubic + 4 outputs on the first row and the
+    # targets on the second: column i must hold image i's three versions.
+    from lightning_gen.callbacks.images import image_grid
+
+    torch.manual_seed(0)
+    model = SRResNet(image_shape=(3, 32, 32), scale_factor=4, width=8, n_blocks=1)
+    batches = [(torch.rand(4, 3, 8, 8) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1) for _ in range(3)]
+    model._keep_fixed(batches[0])
+    rows = model.log_images(batches[1])  # half the grid's images kept so far: those 4
+    assert rows["bicubic_output_target"].shape == (3, 4, 3, 32, 32)
+    torch.testing.assert_close(rows["bicubic_output_target"][2], batches[0][1])
+    model._keep_fixed(batches[1])
+    model._keep_fixed(batches[2])  # full after two batches: the third changes nothing
+    torch.testing.assert_close(model.fixed_target, torch.cat([batches[0][1], batches[1][1]]))
+    rows = model.log_images(batches[2])["bicubic_output_target"]
+    assert rows.shape == (3, 8, 3, 32, 32)
+    grid = image_grid(rows)  # 3 rows of 8 tiles of 32 px, 2 px padding
+    assert grid.shape == (3, 3 * 34 + 2, 8 * 34 + 2)
+    torch.testing.assert_close(grid[:, 2 * 34 + 2:3 * 34, 7 * 34 + 2:8 * 34],
+                               (batches[1][1][3] + 1) / 2)  # target 8 under its output

@@ -6,8 +6,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.zoo_utils import EXPERIMENTS, assert_finite_params, fit_yaml
 
@@ -88,3 +90,24 @@ def test_checkpoint_reloads_without_the_yaml(name, celeba_dir):
     assert torch.allclose(reloaded.eval().sample(2), expected, atol=1e-6)
     if getattr(cli.model, "conditional", False):
         assert torch.equal(reloaded.fixed_labels(), cli.model.fixed_labels())
+
+
+def test_cyclegan_at_its_papers_batch_of_one_shows_and_samples_different_images(mnist_dir):
+    # The YAML trains on batches of 1 image per domain. The grids and sample() used the first
+    # batch only: 8 copies of one digit, and the triplets ran across the grid's rows.
+    cli = fit_yaml("cyclegan_mnist_inverted.yaml", mnist_dir, *TINY_CYCLE, "--data.batch_size",
+                   "1", "--model.init_args.num_fixed_samples", "8",
+                   steps=18)  # 9 batches: one G and one D step each
+    model = cli.model
+    assert bool(model._fixed_set)
+    assert len({x.numpy().tobytes() for x in model.fixed_a}) == 8  # the first 8 batches' digits
+    grid = np.asarray(Image.open(Path.cwd() / "images" / "a_to_b_to_a_last.png").convert("L"))
+    _, h, w = model.hparams.image_shape
+    assert grid.shape == (3 * (h + 2) + 2, 8 * (w + 2) + 2)  # rows a / G(a) / F(G(a)), 8 columns
+    for i, image in enumerate(model.fixed_a):  # column i: image i on top
+        tile = grid[2:2 + h, 2 + i * (w + 2):2 + i * (w + 2) + w].astype(int)
+        expected = ((image[0].double() + 1) * 127.5 + 0.5).floor().clamp(0, 255).numpy()
+        assert np.abs(tile - expected).max() <= 1
+    samples = model.eval().sample(16)  # G(a) of the 8 kept images, then again
+    assert len({x.numpy().tobytes() for x in samples[:8]}) == 8
+    torch.testing.assert_close(samples[8:], samples[:8])

@@ -19,7 +19,12 @@ from lightning_gen.runs import atomic_write, run_dir
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
-    """``(B, C, H, W)`` in [-1, 1] -> one ``(3, H', W')`` grid in [0, 1]."""
+    """``(B, C, H, W)`` in [-1, 1] -> one ``(3, H', W')`` grid in [0, 1], ``nrow`` per row.
+
+    ``(R, N, C, H, W)``: ``R`` rows of ``N`` whatever ``nrow`` is (rows that belong together,
+    e.g. sources / outputs / targets, stay aligned column by column)."""
+    if images.dim() == 5:
+        nrow, images = images.shape[1], images.flatten(0, 1)
     return make_grid(images.detach().float().cpu(), nrow=nrow, normalize=True,
                      value_range=(-1, 1), pad_value=1.0)
 

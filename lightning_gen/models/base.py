@@ -216,6 +216,48 @@ class GenerativeModel(L.LightningModule):
         reads_next = getattr(bar, "reads_metrics_next", None)
         return reads_next is None or reads_next()
 
+    # --- fixed images of image-to-image models (grids, ``sample``) ------------------------------
+    def _keep_fixed_images(self, *pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Fill fixed image buffers from the first training batches, in order, until full.
+
+        ``pairs``: ``(buffer, batch images)``, the buffers ``num_fixed_samples`` rows each and
+        filled alike (a source and its target). A batch of one image (CycleGAN's and pix2pix's
+        paper setting) adds one row: the grids show ``num_fixed_samples`` different images, not
+        copies of the first. The ``_fixed_set`` buffer (saved in checkpoints) marks them full.
+        """
+        if bool(self._fixed_set):
+            return
+        done = getattr(self, "_fixed_filled", 0)
+        n = pairs[0][0].shape[0]
+        take = min(n - done, pairs[0][1].shape[0])
+        for buffer, images in pairs:
+            buffer[done:done + take].copy_(images[:take])
+        self._fixed_filled = done + take
+        if self._fixed_filled >= n:
+            self._fixed_set.fill_(True)
+
+    def _fixed_count(self, buffer: torch.Tensor) -> int:
+        """Rows of a fixed image buffer filled so far (all of them once ``_fixed_set``)."""
+        return buffer.shape[0] if bool(self._fixed_set) else getattr(self, "_fixed_filled", 0)
+
+    def _grid_images(self, batch, *buffers: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The images a grid of ``num_fixed_samples`` shows: the first of the callback's
+        ``batch`` when it holds that many, else the fixed images kept so far (a small batch),
+        else what the batch has."""
+        n = buffers[0].shape[0]
+        if batch is not None and batch[0].shape[0] >= n:
+            return tuple(x[:n] for x in batch[:len(buffers)])
+        filled = self._fixed_count(buffers[0])
+        if filled > 0:
+            return tuple(b[:filled] for b in buffers)
+        return tuple(batch[:len(buffers)]) if batch is not None else buffers
+
+    def _repeat_fixed(self, buffer: torch.Tensor, n: int) -> torch.Tensor:
+        """``n`` images cycling through the fixed images kept so far (``sample`` of an
+        image-to-image model)."""
+        kept = buffer[:max(self._fixed_count(buffer), 1)]
+        return kept.repeat(-(-n // kept.shape[0]), 1, 1, 1)[:n]
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("hyper_parameters", {}).get("image_shape")
         if saved is not None and tuple(saved) != tuple(self.hparams.image_shape):

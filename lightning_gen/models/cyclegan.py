@@ -163,12 +163,8 @@ class CycleGAN(GANBase):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)
-        if not bool(self._fixed_set):  # keep the first batch's images for the grids
-            n = self.fixed_a.shape[0]
-            for buffer, x in ((self.fixed_a, batch[0]), (self.fixed_b, batch[1])):
-                reps = -(-n // x.shape[0])
-                buffer.copy_(x.repeat(reps, 1, 1, 1)[:n])
-            self._fixed_set.fill_(True)
+        # The first training batches' images for the grids and sample().
+        self._keep_fixed_images((self.fixed_a, batch[0]), (self.fixed_b, batch[1]))
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
@@ -180,8 +176,7 @@ class CycleGAN(GANBase):
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
-        reps = -(-n // self.fixed_a.shape[0])
-        x = self.fixed_a.repeat(reps, 1, 1, 1)[:n]
+        x = self._repeat_fixed(self.fixed_a, n)
         was_training = self.generator.training
         self.generator.eval()
         try:
@@ -191,11 +186,9 @@ class CycleGAN(GANBase):
 
     @torch.no_grad()
     def log_images(self, batch=None) -> dict[str, torch.Tensor]:
-        a, b = (batch[0], batch[1]) if batch is not None else (self.fixed_a, self.fixed_b)
-        n = self.hparams.num_fixed_samples
-        a, b = a[:n], b[:n]
+        a, b = self._grid_images(batch, self.fixed_a, self.fixed_b)
         fake_b, fake_a = self.translate(a, "a_to_b"), self.translate(b, "b_to_a")
         rec_a, rec_b = self.translate(fake_b, "b_to_a"), self.translate(fake_a, "a_to_b")
-        # Rows of triplets: a, G(a), F(G(a)) and b, F(b), G(F(b)).
-        return {"a_to_b_to_a": torch.stack([a, fake_b, rec_a], 1).flatten(0, 1).clamp(-1, 1),
-                "b_to_a_to_b": torch.stack([b, fake_a, rec_b], 1).flatten(0, 1).clamp(-1, 1)}
+        # Three aligned rows each: a / G(a) / F(G(a)) and b / F(b) / G(F(b)).
+        return {"a_to_b_to_a": torch.stack([a, fake_b, rec_a]).clamp(-1, 1),
+                "b_to_a_to_b": torch.stack([b, fake_a, rec_b]).clamp(-1, 1)}

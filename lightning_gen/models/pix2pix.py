@@ -45,8 +45,8 @@ class Pix2Pix(GANBase):
         inference: ``"paper"`` or ``"eval"`` (above).
         lr_g, lr_d, betas: Adam (2e-4, 2e-4, (0.5, 0.999)).
         grad_clip: Clip each network's gradient norm (0: off).
-        num_fixed_samples: Images in the grids (a row each of inputs, outputs, targets when it
-            equals the grid's ``nrow``, 8).
+        num_fixed_samples: Images in the grids (a row each of inputs, outputs, targets), kept
+            from the first training batches.
         sample_seed: Seed of the base's fixed noise (unused: the noise is dropout).
     """
 
@@ -162,31 +162,22 @@ class Pix2Pix(GANBase):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)
-        if not bool(self._fixed_set):  # keep the first batch's pairs for the grids
-            n = self.fixed_source.shape[0]
-            for buffer, x in ((self.fixed_source, batch[0]), (self.fixed_target, batch[1])):
-                reps = -(-n // x.shape[0])
-                buffer.copy_(x.repeat(reps, 1, 1, 1)[:n])
-            self._fixed_set.fill_(True)
+        # The first training batches' pairs for the grids and sample().
+        self._keep_fixed_images((self.fixed_source, batch[0]), (self.fixed_target, batch[1]))
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
-        reps = -(-n // self.fixed_source.shape[0])
-        return self.translate(self.fixed_source.repeat(reps, 1, 1, 1)[:n])
+        return self.translate(self._repeat_fixed(self.fixed_source, n))
 
     @torch.no_grad()
     def log_images(self, batch=None) -> dict[str, torch.Tensor]:
-        """``input_output_target``: ``num_fixed_samples`` sources of ``batch`` (the callback's
-        first validation batch; else the fixed training pairs), grey shown as RGB, then their
-        translations, then the targets (three rows when ``num_fixed_samples`` is the grid's
-        ``nrow``)."""
-        n = self.hparams.num_fixed_samples
-        source, target = ((batch[0], batch[1]) if batch is not None
-                          else (self.fixed_source, self.fixed_target))
-        reps = -(-n // source.shape[0])  # a small batch is repeated: the rows stay aligned
-        source, target = source.repeat(reps, 1, 1, 1)[:n], target.repeat(reps, 1, 1, 1)[:n].float()
+        """``input_output_target``: three aligned rows, ``num_fixed_samples`` sources of
+        ``batch`` (the callback's first validation batch; the fixed training pairs when it holds
+        fewer), grey shown as RGB, their translations, the targets."""
+        source, target = self._grid_images(batch, self.fixed_source, self.fixed_target)
         output = self.translate(source)
+        target = target.float()
         shown = source.float().expand(-1, target.shape[1], -1, -1) if source.shape[1] == 1 \
             else source.float()
-        return {"input_output_target": torch.cat([shown, output, target]).clamp(-1, 1)}
+        return {"input_output_target": torch.stack([shown, output, target]).clamp(-1, 1)}

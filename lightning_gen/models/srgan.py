@@ -65,13 +65,7 @@ class PairedTranslationMixin:
                 f"{type(datamodule).__name__} downsamples x{scale}; set the same scale_factor")
 
     def _keep_fixed(self, batch) -> None:
-        if bool(self._fixed_set):
-            return
-        n = self.fixed_source.shape[0]
-        for buffer, x in ((self.fixed_source, batch[0]), (self.fixed_target, batch[1])):
-            reps = -(-n // x.shape[0])
-            buffer.copy_(x.repeat(reps, 1, 1, 1)[:n])
-        self._fixed_set.fill_(True)
+        self._keep_fixed_images((self.fixed_source, batch[0]), (self.fixed_target, batch[1]))
 
     @torch.no_grad()
     def _translate_eval(self, source: torch.Tensor) -> torch.Tensor:
@@ -84,21 +78,16 @@ class PairedTranslationMixin:
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
-        reps = -(-n // self.fixed_source.shape[0])
-        return self._translate_eval(self.fixed_source.repeat(reps, 1, 1, 1)[:n])
+        return self._translate_eval(self._repeat_fixed(self.fixed_source, n))
 
     @torch.no_grad()
     def log_images(self, batch=None) -> dict[str, torch.Tensor]:
-        n = self.hparams.num_fixed_samples
-        source, target = (batch[0], batch[1]) if batch is not None else (
-            self.fixed_source, self.fixed_target)
-        source, target = source[:n], target[:n]
+        source, target = self._grid_images(batch, self.fixed_source, self.fixed_target)
         output = self._translate_eval(source)
         bicubic = F.interpolate(source.float(), size=target.shape[-2:], mode="bicubic",
                                 align_corners=False).clamp(-1, 1)
-        # Three rows (num_fixed_samples = the grid's 8 per row): bicubic upsampling of the
-        # input, the model's output, the original.
-        return {"bicubic_output_target": torch.cat([bicubic, output, target.float()])}
+        # Three aligned rows: bicubic upsampling of the input, the model's output, the original.
+        return {"bicubic_output_target": torch.stack([bicubic, output, target.float()])}
 
 
 class SRResNet(PairedTranslationMixin, SingleObjectiveModel):
