@@ -333,10 +333,14 @@ def evaluate(
                          "checkpoints; drop --out (each JSON goes to <run>/eval/)")
     kind = feature_extractor.partition(":")[0]
 
-    def json_path(ckpt) -> Path:
+    def json_path(ckpt, paired: dict | None = None) -> Path:
+        """``--out``, else ``<run>/eval/<extractor>_<split>_<n>.json``; a paired model's is
+        named after what it was scored on (its protocol, the test split, the pairs)."""
         name = "" if single else f"_{ckpt.path.stem}"
+        stem = (f"{paired['feature_extractor_spec']}_test_{paired['num_samples']}" if paired
+                else f"{kind}_{reference}_{num_samples}")
         return Path(out) if out else (run_config_path(ckpt.path).parent / "eval"
-                                      / f"{kind}_{reference}_{num_samples}{name}.json")
+                                      / f"{stem}{name}.json")
 
     for ckpt in checkpoints:  # every output is checked before any work
         check_file_writable(json_path(ckpt), "--out")
@@ -360,7 +364,9 @@ def evaluate(
                                           progress and single, ckpt.path)
                 recorder.protocol = protocol_name(result["feature_extractor_spec"], "test",
                                                   result["num_samples"])
+                paired = result
             else:
+                paired = None
                 if evaluator is None:  # one extractor and one reference for every checkpoint
                     extractor = build_extractor(feature_extractor, weights_path, trust_checkpoint)
                     evaluator = SpreadEvaluator(extractor, batch_size=batch_size, cache_dir=cache_dir,
@@ -389,7 +395,9 @@ def evaluate(
             # The code behind the numbers (torch-fidelity's features and formulas, the device).
             result["versions"] = versions(device=fabric.device, world_size=fabric.world_size)
             if rank0:
-                path = json_path(ckpt)
+                path = json_path(ckpt, paired)
+                if paired is not None:  # named only now: checked as the generic name was
+                    check_file_writable(path, "--out")
                 result["json_path"] = str(path)
                 # Printed first: a write that fails still leaves the numbers on the screen.
                 if single:
@@ -476,7 +484,7 @@ def _evaluate_paired(model, datamodule, feature_extractor, weights_path, trust_c
     model.to(fabric.device)
     metrics = paired_metrics(model, dataset, batch_size=batch_size, device=fabric.device,
                              num_pairs=num_samples, lpips=build_lpips(lpips_weights, lpips_net),
-                             extractor=extractor, progress=progress)
+                             extractor=extractor, progress=progress, seed=seed)
     n = metrics["num_pairs"]
     return {
         **metrics,
@@ -485,8 +493,9 @@ def _evaluate_paired(model, datamodule, feature_extractor, weights_path, trust_c
                                                 extractor.name if extractor else None),
         "num_samples": n,
         "feature_extractor": extractor.name if extractor else "none",
-        "feature_extractor_spec": ("paired-" + feature_extractor.partition(":")[0]
-                                   if extractor else "paired"),
+        "feature_extractor_spec": paired_spec(feature_extractor if extractor else None,
+                                              lpips_net, lpips_weights,
+                                              "lpips" in metrics),
         "lpips_net": lpips_net,
         "lpips_weights": lpips_weights or "published",
         "reference": {"dataset": type(datamodule).__name__, "split": "test", "num_images": n},
@@ -496,6 +505,21 @@ def _evaluate_paired(model, datamodule, feature_extractor, weights_path, trust_c
         "batch_size": batch_size,
         "devices": fabric.world_size,
     }
+
+
+def paired_spec(feature_extractor: str | None, lpips_net: str, lpips_weights: str | None,
+                lpips_computed: bool) -> str:
+    """The protocol prefix of paired results (``eval/<prefix>-test-<n>/...`` in
+    ``results.jsonl`` and W&B): ``paired``, ``-<extractor kind>`` with FID, and the LPIPS
+    network and weights unless they are the published AlexNet's (a weights file is taken to
+    hold the published weights): ``paired-classifier-lpips_vgg``, ``paired-lpips_random``,
+    ``paired-lpips_vgg_random``."""
+    spec = "paired" + (f"-{feature_extractor.partition(':')[0]}" if feature_extractor else "")
+    lpips = [lpips_net] if lpips_net != "alex" else []
+    lpips += ["random"] if lpips_weights == "random" else []
+    if lpips_computed and lpips:
+        spec += "-lpips_" + "_".join(lpips)
+    return spec
 
 
 #: ``k`` of precision/recall's k-NN balls (GenerativeEvaluator's default): each set needs

@@ -279,3 +279,39 @@ def test_evaluate_reports_rgb_psnr_ssim_lpips_and_fid_of_outputs_vs_targets(cifa
     err = capsys.readouterr().err.strip()
     assert err.startswith("lightning-gen: error: --parzen, --seeds 3: not available for Pix2Pix")
     assert "\n" not in err and not (tmp_path / "refused.json").exists()
+
+
+def test_evaluate_with_the_papers_dropout_repeats_its_numbers_for_a_seed(cifar10_dir, tmp_path):
+    # pix2pix's paper inference keeps dropout on at test time: `--seed` must fix its draws
+    # (it was recorded in the JSON but drew from whatever state torch's generator was in).
+    import json
+
+    from lightning_gen.evaluate import main
+    from tests.metrics_helpers import classifier_checkpoint
+
+    cli = fit_yaml("pix2pix_colorization_cifar10.yaml", cifar10_dir, *TINY, steps=2)
+    assert cli.model.hparams.inference == "paper"
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    clf = classifier_checkpoint(tmp_path / "clf.ckpt", image_shape=(3, 32, 32))
+
+    def evaluate(seed: int) -> dict:
+        main(["evaluate", "--ckpt_path", ckpt, "--num_samples", "12", "--batch_size", "8",
+              "--seed", str(seed), "--lpips_weights", "random", "--data_dir", str(cifar10_dir),
+              "--accelerator", "cpu", "--feature_extractor", f"classifier:{clf}",
+              "--progress", "false"])
+        run = Path(ckpt).parents[1]
+        # Named after what was scored: classifier FID, random LPIPS, the test split, 12 pairs.
+        (path,) = (run / "eval").glob("*.json")
+        assert path.name == "paired-classifier-lpips_random_test_12.json"
+        result = json.loads(path.read_text())
+        path.unlink()
+        return result
+
+    torch.manual_seed(123)  # the caller's random state plays no part
+    first = evaluate(0)
+    torch.manual_seed(456)
+    again = evaluate(0)
+    other = evaluate(1)
+    for key in ("psnr", "ssim", "lpips", "fid"):
+        assert again[key] == first[key]
+    assert other["psnr"] != first["psnr"]  # other dropout masks

@@ -27,7 +27,7 @@ from lightning_gen.nets.srgan import (
     VGGFeatures,
 )
 from lightning_gen.nets.srgan import SRResNet as SRResNetGenerator
-from tests.zoo_utils import assert_finite_params, fit_yaml
+from tests.zoo_utils import EXPERIMENTS, assert_finite_params, fit_yaml
 
 TINY_G = ["--model.width", "8", "--model.n_blocks", "2"]
 TINY_D = ["--model.d_width", "8", "--model.d_dense", "16", "--model.vgg_weights", "random"]
@@ -270,8 +270,9 @@ def test_sample_grid_and_evaluate_report_the_papers_protocol(cifar10_dir, tmp_pa
     assert "fid" not in result and math.isfinite(result["lpips"])
     (row,) = [json.loads(line) for line in
               (tmp_path / "run" / "eval" / "results.jsonl").read_text().splitlines()]
-    assert row["protocol"] == "paired-test-12" and set(row["metrics"]) == {"psnr", "ssim",
-                                                                           "lpips"}
+    # Random LPIPS weights (a test's): another protocol than the published LPIPS's.
+    assert row["protocol"] == "paired-lpips_random-test-12"
+    assert set(row["metrics"]) == {"psnr", "ssim", "lpips"}
     # Independent recomputation on the same 12 test pairs.
     torch.manual_seed(0)
     pairs = [cli.datamodule._load("test", download=False)[i] for i in range(12)]
@@ -308,3 +309,48 @@ def test_grid_rows_stay_aligned_when_batches_are_smaller_than_the_grid():
     assert grid.shape == (3, 3 * 34 + 2, 8 * 34 + 2)
     torch.testing.assert_close(grid[:, 2 * 34 + 2:3 * 34, 7 * 34 + 2:8 * 34],
                                (batches[1][1][3] + 1) / 2)  # target 8 under its output
+
+
+@pytest.fixture
+def offline_torchvision(monkeypatch):
+    """torchvision's weight downloads fail as on a machine without network access."""
+    from urllib.error import URLError
+
+    from torchvision.models._api import WeightsEnum
+
+    def no_network(self, *args, **kwargs):
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", no_network)
+
+
+def test_srgan_without_its_vgg_weights_stops_in_one_line_before_the_run(
+        cifar10_dir, tmp_path, capsys, offline_torchvision):
+    # It failed at the first training step, with a traceback, after the run folder existed.
+    from lightning_gen.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", str(EXPERIMENTS / "srgan_cifar10.yaml"), *TINY_G,
+              "--model.pretrained_generator", "null", "--data.data_dir", str(cifar10_dir),
+              "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "run")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lightning-gen: error: could not download the VGG19 ImageNet weights")
+    assert "vgg_weights" in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_without_the_lpips_backbone_stops_in_one_line(
+        cifar10_dir, tmp_path, capsys, offline_torchvision):
+    from lightning_gen.cli import main
+
+    cli = fit_yaml("srresnet_cifar10.yaml", cifar10_dir, *TINY_G,
+                   "--trainer.default_root_dir", str(tmp_path / "run"), steps=2)
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", "--ckpt_path", cli.trainer.checkpoint_callback.last_model_path,
+              "--num_samples", "12", "--data_dir", str(cifar10_dir), "--accelerator", "cpu",
+              "--progress", "false"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lightning-gen: error: could not download LPIPS's alex backbone")
+    assert "--lpips_weights FILE" in err and "\n" not in err

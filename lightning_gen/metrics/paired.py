@@ -93,7 +93,7 @@ def build_lpips(weights: str | None = None, net: str = "alex") -> torch.nn.Modul
         weights: ``None``: torchvision's ImageNet backbone (downloaded once) and torchmetrics'
             bundled linear layers (the published LPIPS); a file written by
             :func:`write_lpips_weights` (every weight, offline); ``"random"``: random backbone
-            and linear layers (tests).
+            and linear layers (tests; the same ones at every call, seed 0).
         net: ``alex`` (LPIPS's default), ``vgg`` or ``squeeze``.
     """
     from torchmetrics.functional.image.lpips import _NoTrainLpips
@@ -101,8 +101,16 @@ def build_lpips(weights: str | None = None, net: str = "alex") -> torch.nn.Modul
     if net not in LPIPS_NETS:
         raise ValueError(f"LPIPS net must be one of {', '.join(LPIPS_NETS)}, got {net!r}")
     if weights is None:
-        return _NoTrainLpips(net=net, pretrained=True)
-    model = _NoTrainLpips(net=net, pretrained=weights != "random", pnet_rand=True)
+        try:
+            return _NoTrainLpips(net=net, pretrained=True)
+        except OSError as err:  # no network (URLError) and no backbone in the hub cache
+            raise FileNotFoundError(
+                f"could not download LPIPS's {net} backbone ({err}); on a machine with network "
+                "access write all its weights to a file with lightning_gen.metrics.paired."
+                "write_lpips_weights and pass it as --lpips_weights FILE") from err
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # "random": the same random network every time (one protocol)
+        model = _NoTrainLpips(net=net, pretrained=weights != "random", pnet_rand=True)
     if weights == "random":  # LPIPS's linear layers are non-negative (clamped in training)
         for lin in model.lins:
             lin.model[-1].weight.data.abs_()
@@ -151,9 +159,16 @@ def protocol_description(paired_eval: dict, lpips_net: str, lpips_weights: str |
 @torch.no_grad()
 def paired_metrics(model, dataset, *, batch_size: int = 100, device=None,
                    num_pairs: int | None = None, lpips: torch.nn.Module | None = None,
-                   extractor=None, num_workers: int = 0, progress: bool = False) -> dict:
+                   extractor=None, num_workers: int = 0, progress: bool = False,
+                   seed: int | None = None) -> dict:
     """PSNR, SSIM, LPIPS (and FID) of ``model.translate`` over the ``(source, target)`` items
     of ``dataset`` (the first ``num_pairs``; ``None``: all), under ``model.paired_eval``.
+
+    ``seed``: batch ``b`` is translated with torch's generators seeded ``seed + b`` (and the
+    caller's random state left as it was), so a model whose translation draws noise (pix2pix's
+    paper inference: dropout on at test time) gives the same numbers for the same seed and
+    ``batch_size`` (its batch norm also uses the test batch's statistics). ``None``: the
+    current random state.
 
     Returns the means (``psnr``, ``ssim``, ``lpips``, ``fid``) and ``psnr_std``, ``ssim_std``,
     ``lpips_std`` over images, and ``num_pairs``; ``not_computed`` says why a metric is
@@ -175,9 +190,14 @@ def paired_metrics(model, dataset, *, batch_size: int = 100, device=None,
     was_training = model.training
     model.eval()
     try:
-        for source, target in tqdm(loader, desc="pairs", unit="batch", disable=not progress):
+        batches = tqdm(loader, desc="pairs", unit="batch", disable=not progress)
+        for index, (source, target) in enumerate(batches):
             source, target = source.to(device), target.to(device)
-            output = model.translate(source).float().clamp(-1, 1)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
+                                       enabled=seed is not None):
+                if seed is not None:
+                    torch.manual_seed(seed + index)
+                output = model.translate(source).float().clamp(-1, 1)
             if output.shape != target.shape:
                 raise ValueError(f"{type(model).__name__}.translate gives {tuple(output.shape)} "
                                  f"for targets of shape {tuple(target.shape)}")

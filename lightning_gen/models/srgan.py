@@ -263,6 +263,11 @@ class SRGAN(PairedTranslationMixin, GANBase):
         super().on_train_batch_start(batch, batch_idx)
         self._keep_fixed(batch)
 
+    def check_datamodule(self, datamodule) -> None:
+        super().check_datamodule(datamodule)
+        if self.hparams.content_layer != "mse":
+            self.vgg()  # its weights load (or fail to, in one line) before the run starts
+
     def setup(self, stage: str) -> None:
         resuming = self._trainer is not None and self.trainer.ckpt_path is not None
         if stage == "fit" and self.hparams.pretrained_generator and not resuming:

@@ -142,7 +142,13 @@ class VGGFeatures(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
         if weights == "imagenet":
-            state = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+            try:
+                state = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+            except OSError as err:  # no network (URLError) and nothing in the hub cache
+                raise FileNotFoundError(
+                    f"could not download the VGG19 ImageNet weights ({err}); on a machine with "
+                    "network access save torchvision's vgg19(weights='IMAGENET1K_V1')"
+                    ".state_dict() to a file and pass it as vgg_weights") from err
         elif weights == "random":
             state = None
         else:
