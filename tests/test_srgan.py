@@ -192,7 +192,8 @@ class RecordGenerator(Callback):
         self.start = {k: v.detach().clone() for k, v in pl_module.generator.state_dict().items()}
 
 
-def test_two_stage_yamls_fit_and_the_second_starts_from_the_first(cifar10_dir, tmp_path):
+def test_two_stage_yamls_fit_and_the_second_starts_from_the_first(cifar10_dir, tmp_path,
+                                                                  caplog):
     stage1 = fit_yaml("srresnet_cifar10.yaml", cifar10_dir, *TINY_G,
                       "--trainer.default_root_dir", str(tmp_path / "stage1"), steps=3)
     ckpt = tmp_path / "stage1" / "checkpoints" / "last.ckpt"
@@ -212,6 +213,11 @@ def test_two_stage_yamls_fit_and_the_second_starts_from_the_first(cifar10_dir, t
     model = stage2.model
     assert (model.d_steps, model.g_steps) == (2, 2)
     assert_finite_params(model)
+    # Which run the glob matched is said, and kept in stage 2's checkpoints (the config keeps
+    # the glob, which a rerun resolves anew).
+    assert f"SRGAN: generator initialised from {ckpt} (newest match of {pattern})" in caplog.text
+    saved = torch.load(stage2.trainer.checkpoint_callback.last_model_path, weights_only=False)
+    assert saved["srgan"] == {"pretrained_generator": str(ckpt)}
     assert torch.isfinite(stage2.trainer.callback_metrics["train/g_content"])
     assert not torch.equal(model.generator.tail.weight, trained["tail.weight"])
 

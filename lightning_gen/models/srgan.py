@@ -21,6 +21,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_gen.checkpoints import load_checkpoint
 from lightning_gen.losses import gan_discriminator_loss, srgan_perceptual_loss, vgg_content_loss
@@ -271,8 +272,22 @@ class SRGAN(PairedTranslationMixin, GANBase):
     def setup(self, stage: str) -> None:
         resuming = self._trainer is not None and self.trainer.ckpt_path is not None
         if stage == "fit" and self.hparams.pretrained_generator and not resuming:
-            self.load_pretrained_generator(self.hparams.pretrained_generator)
+            spec = self.hparams.pretrained_generator
+            self.pretrained_from = self.load_pretrained_generator(spec)
+            # The config keeps the glob: say which stage-1 run it matched (and keep it in the
+            # checkpoints), since a rerun of the config would take the newest match then.
+            rank_zero_info(f"SRGAN: generator initialised from {self.pretrained_from}"
+                           + (f" (newest match of {spec})" if glob.has_magic(spec) else ""))
         super().setup(stage)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if getattr(self, "pretrained_from", None):
+            checkpoint["srgan"] = {"pretrained_generator": str(self.pretrained_from)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.pretrained_from = checkpoint.get("srgan", {}).get("pretrained_generator")
 
     def load_pretrained_generator(self, spec: str) -> str:
         """Copy ``generator.*`` of stage 1's checkpoint into this generator; returns its path."""
