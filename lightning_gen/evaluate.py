@@ -570,6 +570,8 @@ def format_table(result: dict) -> str:
                 if result.get("seeds") else []),
               *([f"{'paired protocol':<18} {result['paired_protocol']}"]
                 if result.get("paired_protocol") else []),
+              *([f"{'likelihood':<18} {result['likelihood_of']}"]
+                if result.get("likelihood_of") else []),
               f"{'samples':<18} {result['num_samples']}",
               f"{'extractor':<18} {result['feature_extractor']}",
               f"{'reference':<18} {ref['dataset']} {ref['split']} ({ref['num_images']} images"

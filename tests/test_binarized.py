@@ -227,6 +227,8 @@ def test_vae_binarized_mnist_yaml_fits_and_reports_the_iwae_bound(mnist, tmp_pat
     ckpt = Path.cwd() / "checkpoints" / "last.ckpt"
     result = _evaluate(ckpt, tmp_path / "vae.json", "--iw_samples", "16")
     assert result["binarize"] == "dynamic" and result["iwae_k"] == 16
+    assert result["likelihood_of"].startswith("Bernoulli decoder on binarized pixels (binarize: "
+                                              "dynamic)")
     assert -64 * 10 < result["test_elbo_nats"] <= result["test_iwae_nats"] < 0
 
 

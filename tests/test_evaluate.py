@@ -89,7 +89,7 @@ def test_evaluate_json_names_the_code_and_device_behind_its_numbers(runs, tmp_pa
     assert versions["device"] and versions["num_devices"] == 1
 
 
-def test_evaluate_vae_reports_elbo_and_importance_weighted_bound(runs, tmp_path):
+def test_evaluate_vae_reports_elbo_and_importance_weighted_bound(runs, tmp_path, capsys):
     result = _evaluate(runs["vae"], runs["classifier"], tmp_path / "vae.json",
                        "--iw_samples", "8")
     assert REQUIRED <= set(result)
@@ -97,6 +97,10 @@ def test_evaluate_vae_reports_elbo_and_importance_weighted_bound(runs, tmp_path)
     # Burda et al. (2016), Theorem 1: log p(x) >= IWAE_k >= ELBO; in nats, 28x28 Bernoulli.
     assert result["test_iwae_nats"] >= result["test_elbo_nats"]
     assert -784 * 10 < result["test_elbo_nats"] < 0
+    # Grey digits under a Bernoulli decoder: the JSON and the table say what the nats are.
+    assert result["likelihood_of"].startswith("Bernoulli decoder on grey levels in [0, 1]")
+    assert "not comparable with binarized-MNIST papers" in result["likelihood_of"]
+    assert f"likelihood         {result['likelihood_of']}" in capsys.readouterr().out
 
 
 def test_sample_writes_pngs_that_torch_fidelity_reads(runs, tmp_path):

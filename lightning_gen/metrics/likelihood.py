@@ -52,6 +52,24 @@ def binarization_info(datamodule) -> dict:
 
 
 @torch.no_grad()
+def likelihood_of(model, datamodule) -> str:
+    """What a VAE's ELBO / IWAE numbers are a bound of: its decoder's distribution over the
+    data as evaluated, and which published numbers they can be set against."""
+    binarize = getattr(datamodule, "binarize", "none")
+    kind = getattr(getattr(model, "hparams", {}), "get", lambda *_: None)("likelihood")
+    if kind == "gaussian":
+        return (f"Gaussian decoder (std {model.hparams.gaussian_std} on [-1, 1]) on continuous "
+                "intensities: a density, whose nats depend on that scale; not comparable with "
+                "likelihoods of discrete images")
+    if binarize != "none":
+        return (f"Bernoulli decoder on binarized pixels (binarize: {binarize}): a likelihood of "
+                "binary images, comparable with binarized-MNIST papers under the same "
+                "binarization")
+    return ("Bernoulli decoder on grey levels in [0, 1]: a cross-entropy of continuous "
+            "intensities, not a likelihood of discrete images; not comparable with "
+            "binarized-MNIST papers (for those: experiments/vae_binarized_mnist.yaml)")
+
+
 def likelihood_metrics(model, datamodule, split: str = "test", iw_samples: int = 64,
                        batch_size: int = 100, seed: int = 0, device="cpu",
                        progress: bool = False) -> dict[str, float]:
@@ -76,6 +94,7 @@ def likelihood_metrics(model, datamodule, split: str = "test", iw_samples: int =
                 _update(iwae, bad_iwae, model.importance_weighted_bound(x, k=iw_samples,
                                                                         labels=labels))
     result = {"test_elbo_nats": float(elbo.compute()), "likelihood_split": split,
+              "likelihood_of": likelihood_of(model, datamodule),
               **binarization_info(datamodule), **_nonfinite_info(bad)}
     if iw_samples > 0:
         result.update({"test_iwae_nats": float(iwae.compute()), "iwae_k": iw_samples,
