@@ -94,7 +94,7 @@ def test_metrics_callback_and_validation_split_decide_what_is_logged():
     assert names == {"train/d_loss", "train/g_loss"}
     names, _ = logged_names(parse_config([*quickstart, "--metrics.every_n_epochs", "2"]))
     assert {"metrics/fid", "metrics/is_mean", "metrics/kid_mean", "metrics/precision"} < names
-    assert "metrics/cas" not in names
+    assert "metrics/gan_test" not in names
     vae = ["--config", str(ROOT / "experiments/vae_mnist.yaml")]
     assert "val/elbo" not in logged_names(parse_config([*vae, "--data.val_fraction", "0"]))[0]
     assert "val/elbo" not in logged_names(parse_config(
@@ -129,10 +129,21 @@ def test_wandb_agent_arguments_parse_into_the_intended_config():
     assert set(yaml.safe_load(space.read_text())["parameters"]) == set(values)
 
 
-def test_a_wandb_agent_run_is_a_fit_in_the_agents_run_folder(monkeypatch):
-    space = ROOT / "experiments/sweeps/quickstart_lr.wandb.yaml"
+@pytest.fixture
+def wandb_agent_env(monkeypatch):
+    """The environment a W&B sweep agent gives its command. wandb keeps the settings it read
+    from the environment in a process-wide singleton: reset it afterwards, or later tests'
+    runs in this process would take the agent's run id."""
+    import wandb
+
     monkeypatch.setenv("WANDB_SWEEP_ID", "abc123")
     monkeypatch.setenv("WANDB_RUN_ID", "r4nd0m1d")
+    yield
+    wandb.teardown()
+
+
+def test_a_wandb_agent_run_is_a_fit_in_the_agents_run_folder(wandb_agent_env):
+    space = ROOT / "experiments/sweeps/quickstart_lr.wandb.yaml"
     args = agent_command(space, {"model.init_args.lr_g": 0.0007, "model.init_args.lr_d": 6e-05,
                                  "data.batch_size": 32})
     main(["fit", *args, "--trainer.max_steps", "2", "--trainer.accelerator", "cpu",
