@@ -34,7 +34,7 @@ from lightning_gen.metrics.evaluator import GenerativeEvaluator
 RESULTS = "results.jsonl"
 # Numbers `evaluate` reports that are metrics (not settings such as kid_subset_size).
 METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "density",
-           "coverage", "cas", "test_elbo_nats", "test_iwae_nats", "test_nll_nats",
+           "coverage", "gan_test", "test_elbo_nats", "test_iwae_nats", "test_nll_nats",
            "test_bits_per_dim", "parzen_ll_nats", "parzen_ll_stderr", "parzen_sigma",
            "memorization_fraction", "memorization_fraction_pixels", "nn_distance_median",
            "nn_distance_median_pixels", "modes_covered", "mode_kl", "psnr", "ssim", "lpips")

@@ -553,7 +553,7 @@ def format_table(result: dict) -> str:
     rows = [("FID", "fid"), ("IS (mean)", "is_mean"), ("IS (std)", "is_std"),
             ("KID (mean)", "kid_mean"), ("KID (std)", "kid_std"), ("precision", "precision"),
             ("recall", "recall"), ("density", "density"), ("coverage", "coverage"),
-            ("CAS (accuracy)", "cas"), ("test ELBO (nats)", "test_elbo_nats"),
+            ("GAN-test accuracy", "gan_test"), ("test ELBO (nats)", "test_elbo_nats"),
             ("test IWAE (nats)", "test_iwae_nats"), ("test NLL (nats)", "test_nll_nats"),
             ("test bits/dim", "test_bits_per_dim"), ("Parzen LL (nats)", "parzen_ll_nats"),
             ("Parzen LL stderr", "parzen_ll_stderr"), ("Parzen sigma", "parzen_sigma"),

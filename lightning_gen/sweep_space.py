@@ -246,7 +246,7 @@ def logged_names(config: dict) -> tuple[set[str], list[str]]:
 
     * ``metrics/<fid|is_mean|is_std|kid_mean|kid_std|precision|recall>`` only where a metrics
       callback runs while fitting (``--metrics.every_n_epochs N`` > 0, or one in
-      ``trainer.callbacks``), under its ``prefix``; ``cas`` only for a class-conditional model
+      ``trainer.callbacks``), under its ``prefix``; ``gan_test`` only for a class-conditional model
       with a ``classifier:`` extractor;
     * ``train/<term>`` of the model's family (GANs: ``train/d_loss``, ``train/g_loss``);
     * ``val/<term>`` where the model has a validation step, the data a validation split
@@ -263,10 +263,10 @@ def logged_names(config: dict) -> tuple[set[str], list[str]]:
             notes.append(f"metrics/* only with {where} N > 0 (off in this config)")
             continue
         prefix = args.get("prefix", "metrics/")
-        keys = set(_QUALITY_KEYS) - {"cas"}
+        keys = set(_QUALITY_KEYS) - {"gan_test"}
         if str(args.get("feature_extractor", "")).startswith("classifier:") and int(
                 model_args.get("num_classes") or 0) > 0:
-            keys.add("cas")
+            keys.add("gan_test")
         names |= {f"{prefix}{k}" for k in keys}
     try:
         cls = _class(config, "model")

@@ -1,5 +1,5 @@
 """Class-conditional generators: samples are drawn for classes ``i % num_classes`` and the
-classifier's accuracy on them is reported as ``cas``."""
+classifier's accuracy on them is reported as ``gan_test``."""
 
 from __future__ import annotations
 
@@ -29,14 +29,14 @@ def test_cas_is_the_classifier_accuracy_on_the_requested_labels(tmp_path):
         images = to_uint8(generator.sample(25, labels)).float() / 127.5 - 1
         with torch.no_grad():
             correct += int((classifier(images).argmax(1) == labels).sum())
-    assert result["cas"] == pytest.approx(correct / 100)
+    assert result["gan_test"] == pytest.approx(correct / 100)
 
 
 def test_inception_scores_have_no_class_accuracy():
     from lightning_gen.metrics.fidelity import fidelity_metrics
 
     fake = {"features": torch.randn(20, 4), "logits": torch.randn(20, 5)}
-    assert "cas" not in fidelity_metrics(fake, {"features": torch.randn(20, 4)}, isc_splits=2,
+    assert "gan_test" not in fidelity_metrics(fake, {"features": torch.randn(20, 4)}, isc_splits=2,
                                          kid_subset_size=10, kid_subsets=2)
 
 

@@ -68,5 +68,5 @@ def test_class_accuracy_of_conditional_samples():
     fake = {"features": torch.randn(20, 6), "logits": logits, "labels": labels}
     real = {"features": torch.randn(30, 6)}
     out = fidelity_metrics(fake, real, isc_splits=2, kid_subset_size=10, kid_subsets=5)
-    assert out["cas"] == pytest.approx(16 / 20)
+    assert out["gan_test"] == pytest.approx(16 / 20)
     assert {"fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall"} <= set(out)

@@ -95,7 +95,7 @@ def test_goals_follow_the_contract():
                  "val/nll_bits_per_dim", "test/nll_nats_per_image"):
         assert goal_of(name) == "min", name
     for name in ("metrics/is_mean", "val/elbo", "val/elbo_epoch", "metrics/precision",
-                 "metrics/recall", "metrics/cas", "outlier/auroc"):
+                 "metrics/recall", "metrics/gan_test", "outlier/auroc"):
         assert goal_of(name) == "max", name
     for name in ("metrics/is_std", "metrics/kid_std", "train/g_steps", "val/kl", "epoch"):
         assert goal_of(name) is None, name

@@ -13,7 +13,7 @@ class GenerativeMetricsCallback(Callback):
     """Every ``every_n_epochs`` training epochs, and at the end of ``test``, draw ``num_samples``
     samples, extract their features in float32 (whatever the training precision), and log
     ``<prefix>fid``, ``is_mean``, ``is_std``, ``kid_mean``, ``kid_std``, ``precision``,
-    ``recall``, ``density``, ``coverage`` (and ``cas`` for class-conditional models with a
+    ``recall``, ``density``, ``coverage`` (and ``gan_test`` for class-conditional models with a
     classifier extractor; no ``is_*`` with ``vgg16``, ``clip-vit-b-32`` or ``dinov2-vit-l-14``,
     which have no class logits).
 

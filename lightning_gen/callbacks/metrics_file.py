@@ -56,9 +56,9 @@ CSV_LOGGER_FILE = "metrics_wide.csv"
 
 _MIN_NAMES = {"fid", "kid_mean"}
 _MIN_PARTS = ("loss", "nll", "bits_per_dim")
-_MAX_NAMES = {"is_mean", "elbo", "precision", "recall", "cas", "auroc"}
+_MAX_NAMES = {"is_mean", "elbo", "precision", "recall", "gan_test", "auroc"}
 # Keys GenerativeMetricsCallback logs under its prefix.
-_QUALITY_KEYS = {"fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "cas"}
+_QUALITY_KEYS = {"fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "gan_test"}
 
 
 def goal_of(name: str) -> Literal["min", "max"] | None:
@@ -66,7 +66,7 @@ def goal_of(name: str) -> Literal["min", "max"] | None:
 
     By the last part of the name (Lightning's ``_step``/``_epoch`` suffixes removed): ``min``
     for ``fid``, ``kid_mean`` and names containing ``loss``, ``nll`` or ``bits_per_dim``;
-    ``max`` for ``is_mean``, ``elbo``, ``precision``, ``recall``, ``cas``, ``auroc``; else
+    ``max`` for ``is_mean``, ``elbo``, ``precision``, ``recall``, ``gan_test``, ``auroc``; else
     ``None`` (no best is kept).
     """
     leaf = name.rsplit("/", 1)[-1]

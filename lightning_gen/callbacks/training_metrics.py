@@ -6,7 +6,7 @@
 Off by default (``every_n_epochs 0``): then nothing is built, loaded or downloaded and no hook
 does any work. On, it is :class:`~lightning_gen.callbacks.GenerativeMetricsCallback`: every
 ``every_n_epochs`` epochs it logs ``metrics/fid``, ``metrics/is_mean``, ``metrics/kid_mean``,
-``metrics/precision``, ``metrics/recall`` (and ``metrics/cas`` for class-conditional models with
+``metrics/precision``, ``metrics/recall`` (and ``metrics/gan_test`` for class-conditional models with
 a classifier extractor). The protocol (extractor, reference split, number of samples) is in the
 run's ``config.yaml`` (``metrics.*``), in ``summary.json`` (``"protocol":
 "inception-train-10000"`` beside each value) and in W&B's summary (``metrics/protocol``).

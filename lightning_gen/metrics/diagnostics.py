@@ -62,7 +62,7 @@ def diagnose(model, datamodule, evaluator, json_path: str | Path, *, reference: 
                            "(set keep_generated before evaluating)")
     if mode_coverage and is_conditional(model):
         print(f"lightning-gen: note: {type(model).__name__} is class-conditional: mode coverage is "
-              "for unconditional models (the class accuracy of its samples, cas, covers it)",
+              "for unconditional models (the class accuracy of its samples, gan_test, covers it)",
               file=sys.stderr, flush=True)
     elif mode_coverage:
         if not isinstance(evaluator.extractor, ClassifierExtractor):

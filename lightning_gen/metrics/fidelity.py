@@ -43,7 +43,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 # Keys of the result dictionaries (also the JSON keys of ``lightning-gen evaluate``).
 FID, IS_MEAN, IS_STD = "fid", "is_mean", "is_std"
-KID_MEAN, KID_STD, PRECISION, RECALL, CAS = "kid_mean", "kid_std", "precision", "recall", "cas"
+KID_MEAN, KID_STD, PRECISION, RECALL, GAN_TEST = "kid_mean", "kid_std", "precision", "recall", "gan_test"
 DENSITY, COVERAGE = "density", "coverage"
 NOT_COMPUTED = "not_computed"
 #: Keys of the result that record the protocol (numbers, but not metrics to log or average).
@@ -175,7 +175,7 @@ def fidelity_metrics(
 ) -> dict:
     """All metrics of generated vs. real features (``{"features"[, "logits", "labels"]}``).
 
-    The Inception Score (and ``cas``) need class logits: without them (no ``"logits"``, or
+    The Inception Score (and ``gan_test``) need class logits: without them (no ``"logits"``, or
     ``(N, 0)`` ones, as the VGG-16, CLIP and DINOv2 extractors give) they are left out and
     named in ``result["not_computed"]``.
 
@@ -238,8 +238,10 @@ def fidelity_metrics(
                                             f"set, got {min(n_fake, len(f_real_prc))}")
     labels = fake.get("labels")
     if has_logits and labels is not None and bool((labels >= 0).all()) and len(labels):
+        # GAN-test (Shmelkov et al. 2018): the real-data classifier's accuracy on the samples
+        # w.r.t. the labels they were drawn for (not Ravuri & Vinyals' CAS, train on samples).
         predicted = logits.argmax(dim=1)
-        out[CAS] = float((predicted == labels.to(predicted.device)).float().mean())
+        out[GAN_TEST] = float((predicted == labels.to(predicted.device)).float().mean())
     if not_computed:
         out[NOT_COMPUTED] = not_computed
     return out

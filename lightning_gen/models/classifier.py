@@ -4,7 +4,7 @@ Its penultimate features give a "classifier FID" (FID in a domain feature space,
 CPUs and for 1-channel data where Inception-v3 is slow and off-domain), its logits a classifier
 Inception Score, and its predictions on class-conditional samples the accuracy of those samples
 w.r.t. the labels they were asked for (the GAN-test accuracy of Shmelkov et al. 2018, reported as
-``cas`` by ``lightning-gen evaluate``).
+``gan_test`` by ``lightning-gen evaluate``).
 
 It subclasses :class:`GenerativeModel` only to share the CLI's ``image_shape`` link and the shape
 check in ``setup``; it does not sample (``sample`` raises ``NotImplementedError``).
