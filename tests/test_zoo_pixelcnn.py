@@ -5,9 +5,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import lightning as L
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from datamodules import DigitsDataModule
+from lightning_gen.callbacks.images import ImageGridCallback
 from lightning_gen.losses import categorical_nll, discretize
 from lightning_gen.models import PixelCNN
 from lightning_gen.nets.pixelcnn import GatedPixelCNNNet, MaskedConv2d, PixelCNNNet
@@ -147,12 +152,57 @@ def test_pixelcnn_cifar10_yamls_fit(name, cifar10_dir):
     assert_finite_params(cli.model)
 
 
-def test_log_images_gives_samples_and_completion_triplets():
+def test_log_images_gives_samples_and_three_rows_of_completions():
     model = PixelCNN(image_shape=(1, 4, 4), hidden=2, n_layers=1, num_fixed_samples=2)
     x = torch.rand(3, 1, 4, 4) * 2 - 1
     images = model.log_images((x, torch.zeros(3, dtype=torch.long)))
     assert images["samples"].shape == (2, 1, 4, 4)
-    assert images["completions"].shape == (6, 1, 4, 4)  # original, upper half, completion
+    assert images["completions"].shape == (3, 2, 1, 4, 4)  # originals, given, completions
+
+
+def tile(png: np.ndarray, row: int, col: int, size: int = 8) -> np.ndarray:
+    """Tile ``(row, col)`` of a grid PNG of ``size``-px tiles (torchvision's 2-px padding), as
+    ints in 0..255 (the first channel: the grids of grey images are grey RGB)."""
+    top, left = 2 + row * (size + 2), 2 + col * (size + 2)
+    return png[top:top + size, left:left + size, 0].astype(int)
+
+
+def pixels(image: torch.Tensor) -> np.ndarray:
+    """A ``(1, H, W)`` image in [-1, 1] as the ints 0..255 of its PNG."""
+    return ((image[0] + 1) / 2 * 255).round().numpy().astype(int)
+
+
+def completion_grid(folder: Path) -> tuple[np.ndarray, torch.Tensor]:
+    """Fit a tiny PixelCNN one batch on the 8x8 digits with the image grids on: the pixels of
+    ``images/completions_epoch0001.png`` and the three images the grid completes."""
+    torch.manual_seed(0)
+    model = PixelCNN(image_shape=(1, 8, 8), hidden=4, n_layers=1, num_fixed_samples=3)
+    grids = ImageGridCallback(every_n_epochs=1)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0,
+                        accelerator="cpu", logger=False, callbacks=[grids],
+                        default_root_dir=folder, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=DigitsDataModule(image_size=8, batch_size=4))
+    png = np.asarray(Image.open(folder / "images" / "completions_epoch0001.png"))
+    return png, grids.batch[0][:3]
+
+
+def test_completion_grid_has_aligned_rows_of_originals_given_halves_and_completions(tmp_path):
+    # Three images, 8 per row in the ImageGridCallback: still three rows of three, column i
+    # holding image i's original, its given upper half, and its completion.
+    png, x = completion_grid(tmp_path)
+    assert png.shape[:2] == (3 * 10 + 2, 3 * 10 + 2)
+    for i in range(3):
+        assert np.abs(tile(png, 0, i) - pixels(x[i])).max() <= 1
+        for row in (1, 2):  # the given half, and the completion, keep the upper half
+            assert np.abs(tile(png, row, i)[:4] - pixels(x[i])[:4]).max() <= 1
+
+
+def test_completion_grid_shows_the_hidden_half_mid_grey_not_black(tmp_path):
+    # The digits' background is black (-1): a black lower half would read as a shorter digit.
+    png, _ = completion_grid(tmp_path)
+    for i in range(3):
+        assert (tile(png, 1, i)[4:] == 128).all(), tile(png, 1, i)
 
 
 def test_long_sampling_shows_progress_unless_the_run_turned_progress_bars_off(capsys,

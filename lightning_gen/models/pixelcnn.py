@@ -139,6 +139,9 @@ class PixelCNN(ConditionalMixin, SingleObjectiveModel):
 
     @torch.no_grad()
     def log_images(self, batch) -> dict[str, torch.Tensor]:
+        """``samples``: ``num_fixed_samples`` samples. ``completions`` (given a batch): three
+        aligned rows ``(3, n, C, H, W)``, column ``i`` image ``i``: the originals, what the model
+        is given (the upper half; the hidden lower half mid-grey), and the completions."""
         n = self.hparams.num_fixed_samples
         if n == 0:  # sampling costs C * H * W network evaluations; 0 switches the grids off
             return {}
@@ -147,9 +150,9 @@ class PixelCNN(ConditionalMixin, SingleObjectiveModel):
             x = batch[0][:n] if isinstance(batch, (list, tuple)) else batch[:n]
             labels = self.conditioning(batch)
             labels = labels[:n] if labels is not None else None
-            occluded = x.clone()
-            occluded[:, :, x.shape[2] // 2:] = -1
-            # Rows of three: original, upper half only, completion.
-            completed = self.complete(x, labels)
-            images["completions"] = torch.stack([x, occluded, completed], 1).flatten(0, 1)
+            # For display only: complete() is given x and sees only its upper half. Mid-grey,
+            # not -1: on MNIST's black background the cut would not show.
+            given = x.clone()
+            given[:, :, x.shape[2] // 2:] = 0.0
+            images["completions"] = torch.stack([x, given, self.complete(x, labels)])
         return images
