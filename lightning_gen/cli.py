@@ -224,6 +224,13 @@ class LightningGenCLI(LightningCLI):
     # (the model's on_load_checkpoint would say the same, but only once the run has started).
     def _check_fit(self) -> None:
         self._check_data()
+        # Callbacks that need something of the data (LatentArithmeticCallback: attribute
+        # labels) say so now, not in their setup once the run folder and W&B run exist.
+        if self.datamodule is not None:
+            for callback in self.trainer.callbacks:
+                check = getattr(callback, "check_datamodule", None)
+                if callable(check):
+                    check(self.datamodule)
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
         if ckpt_path is None:
             ckpt_path = _requeued_checkpoint(self.trainer)

@@ -3,18 +3,24 @@ independent computations."""
 
 from __future__ import annotations
 
+import lightning as L
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from datamodules import DigitsDataModule
 from lightning_gen.callbacks import (
+    CompletionCallback,
     LatentArithmeticCallback,
     LatentInterpolationCallback,
     LatentTraversalCallback,
     OutlierAUROCCallback,
 )
+from lightning_gen.callbacks.images import ImageGridCallback
 from lightning_gen.callbacks.latent import lerp, slerp
-from lightning_gen.models import VAE
+from lightning_gen.models import VAE, PixelCNN
 
 
 def test_interpolation_paths_start_and_end_at_the_endpoints():
@@ -115,3 +121,78 @@ def test_a_conditional_model_keeps_one_class_per_row():
     decode(torch.randn(3 * 5, latent_dim))
     expected = model.default_labels(3).repeat_interleave(5)
     assert torch.equal(seen[0], expected) and seen[0].view(3, 5).unique(dim=1).shape == (3, 1)
+
+
+def fit_digits(model, callbacks, folder, epochs: int = 1) -> DigitsDataModule:
+    """Fit ``model`` one batch per epoch on the 8x8 digits (class labels) with ``callbacks``,
+    writing into ``folder``; the DataModule."""
+    data = DigitsDataModule(image_size=8, batch_size=4)
+    trainer = L.Trainer(max_epochs=epochs, limit_train_batches=1, limit_val_batches=0,
+                        accelerator="cpu", logger=False, callbacks=callbacks,
+                        default_root_dir=folder, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=data)
+    return data
+
+
+def test_periodic_grids_are_numbered_by_epochs_done_like_the_image_grids(tmp_path):
+    # At the end of the first epoch every grid is "after 1 epoch": _epoch0001.png, as the
+    # ImageGridCallback's reconstructions at the same moment.
+    torch.manual_seed(0)
+    callbacks = [ImageGridCallback(every_n_epochs=1),
+                 LatentInterpolationCallback(num_pairs=1, num_steps=2),
+                 LatentTraversalCallback(num_dims=1, num_steps=2)]
+    fit_digits(VAE((1, 8, 8), latent_dim=2, width=4), callbacks, tmp_path, epochs=2)
+    written: dict[str, set[int]] = {}
+    for path in (tmp_path / "images").glob("*_epoch*.png"):
+        name, epochs = path.stem.rsplit("_epoch", 1)
+        written.setdefault(name, set()).add(int(epochs))
+    assert {"latent_interpolation", "latent_traversal", "reconstructions"} <= set(written)
+    assert all(epochs == {1, 2} for epochs in written.values()), written
+
+
+def test_latent_arithmetic_refuses_class_labels_before_training(tmp_path):
+    # Digits have class labels, not CelebA's attribute vectors: one ValueError at setup, not
+    # an IndexError after a whole epoch.
+    model = VAE((1, 8, 8), latent_dim=2, width=4)
+    with pytest.raises(ValueError, match="needs attribute labels.*DigitsDataModule has class"):
+        fit_digits(model, [LatentArithmeticCallback()], tmp_path)
+    assert model.global_step == 0
+
+
+def test_completion_callback_rows_show_original_given_half_in_grey_and_completion(tmp_path):
+    # One row per test image, columns aligned: the original; its upper half with the hidden
+    # lower half mid-grey (128), not the digits' black background; the completion.
+    torch.manual_seed(0)
+    model = PixelCNN(image_shape=(1, 8, 8), hidden=4, n_layers=1, num_fixed_samples=0)
+    callback = CompletionCallback(num_images=2, num_completions=1)
+    data = fit_digits(model, [callback], tmp_path)
+    png = np.asarray(Image.open(tmp_path / "images" / "completions_test_epoch0001.png"))
+    x = next(iter(data.test_dataloader()))[0]
+    assert png.shape[:2] == (2 * 10 + 2, 3 * 10 + 2)  # 2 rows of 3 tiles of 8 px, 2 px apart
+
+    def tile(row: int, col: int) -> np.ndarray:
+        return png[2 + row * 10:10 + row * 10, 2 + col * 10:10 + col * 10, 0].astype(int)
+
+    for i in range(2):
+        original = ((x[i, 0] + 1) / 2 * 255).round().numpy().astype(int)
+        assert np.abs(tile(i, 0) - original).max() <= 1
+        assert np.abs(tile(i, 1)[:4] - original[:4]).max() <= 1
+        assert (tile(i, 1)[4:] == 128).all(), tile(i, 1)
+        assert np.abs(tile(i, 2)[:4] - original[:4]).max() <= 1
+
+
+def test_the_cli_refuses_latent_arithmetic_on_class_labels_before_the_run_exists(tmp_path, capsys):
+    from lightning_gen.cli import main
+
+    (tmp_path / "vae.yaml").write_text(
+        "model:\n  class_path: lightning_gen.models.VAE\n  init_args: {latent_dim: 2, width: 4}\n"
+        "data:\n  class_path: datamodules.DigitsDataModule\n  init_args: {image_size: 8}\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", str(tmp_path / "vae.yaml"), "--trainer.callbacks+=lightning_gen."
+              "callbacks.LatentArithmeticCallback", "--trainer.max_epochs", "1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lightning-gen: error: LatentArithmeticCallback needs attribute labels")
+    assert "\n" not in err
+    assert not (tmp_path / "runs").exists()  # no run folder, no W&B run

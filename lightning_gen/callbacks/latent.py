@@ -56,25 +56,30 @@ def lerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 class _PeriodicCallback(Callback):
     """Calls ``self.run(trainer, model)`` in eval mode without gradients every
-    ``every_n_epochs`` epochs (0: only at the end of fitting) and at the end of fitting."""
+    ``every_n_epochs`` epochs (0: only at the end of fitting) and at the end of fitting.
+
+    ``run`` writes its grids with :meth:`log_grid`, which names them by the epochs completed
+    (``<name>_epoch0001.png`` after the first epoch), as the ImageGridCallback does."""
 
     def __init__(self, every_n_epochs: int = 1) -> None:
         self.every_n_epochs = every_n_epochs
         self._last_step = -1
+        self.epochs_done: int | None = None  # None: log_grid's default, trainer.current_epoch
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         n = self.every_n_epochs
         if n > 0 and (trainer.current_epoch + 1) % n == 0:
-            self._run(trainer, pl_module)
+            self._run(trainer, pl_module, epochs_done=trainer.current_epoch + 1)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.global_step != self._last_step:
-            self._run(trainer, pl_module)
+            self._run(trainer, pl_module, epochs_done=trainer.current_epoch)
 
     @rank_zero_only
-    def _run(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _run(self, trainer: Trainer, pl_module: LightningModule, epochs_done: int) -> None:
         was_training = pl_module.training
         pl_module.eval()
+        self.epochs_done = epochs_done
         try:
             with torch.no_grad():
                 self.run(trainer, pl_module)
@@ -84,6 +89,10 @@ class _PeriodicCallback(Callback):
 
     def run(self, trainer: Trainer, pl_module: LightningModule) -> None:
         raise NotImplementedError
+
+    def log_grid(self, trainer: Trainer, name: str, grid: torch.Tensor) -> None:
+        """:func:`~lightning_gen.callbacks.images.log_grid`, numbered by the epochs done."""
+        log_grid(trainer, name, grid, self.epochs_done)
 
 
 class LatentInterpolationCallback(_PeriodicCallback):
@@ -115,7 +124,7 @@ class LatentInterpolationCallback(_PeriodicCallback):
     def run(self, trainer, pl_module):
         decode, latent_dim = latent_decoder(pl_module, row_length=self.num_steps)
         images = decode(self.paths(latent_dim).to(pl_module.device))
-        log_grid(trainer, "latent_interpolation", image_grid(images, self.num_steps))
+        self.log_grid(trainer, "latent_interpolation", image_grid(images, self.num_steps))
 
 
 class LatentTraversalCallback(_PeriodicCallback):
@@ -168,8 +177,8 @@ class LatentTraversalCallback(_PeriodicCallback):
     def run(self, trainer, pl_module):
         decode, latent_dim = latent_decoder(pl_module, row_length=self.num_steps)
         base, dims = self.base_and_dims(pl_module, latent_dim)
-        log_grid(trainer, "latent_traversal", image_grid(decode(self.codes(base, dims)),
-                                                         self.num_steps))
+        grid = image_grid(decode(self.codes(base, dims)), self.num_steps)
+        self.log_grid(trainer, "latent_traversal", grid)
 
 
 class LatentArithmeticCallback(_PeriodicCallback):
@@ -192,6 +201,22 @@ class LatentArithmeticCallback(_PeriodicCallback):
         self.attribute, self.num_images, self.num_faces = attribute, num_images, num_faces
         self.alphas = alphas if alphas is not None else [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]
         self.vector: torch.Tensor | None = None
+
+    # Refused before training, not with an IndexError after the first epoch. (The CLI checks
+    # the model's data before the run folder exists; callbacks get here, in setup, once the
+    # loggers have started.)
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.check_datamodule(trainer.datamodule)
+
+    def check_datamodule(self, datamodule) -> None:
+        """Raise a ``ValueError`` unless ``datamodule`` yields attribute vectors (CelebA's)."""
+        kind = getattr(datamodule, "label_kind", None)
+        if kind != "attributes":
+            data = "there is no DataModule" if datamodule is None else (
+                f"{type(datamodule).__name__} has {kind or 'no'} labels")
+            raise ValueError("LatentArithmeticCallback needs attribute labels (CelebA's 40 "
+                             f"attributes: datamodules.CelebADataModule), but {data}")
 
     def attribute_vector(self, pl_module, batches):
         """``(v, faces, their labels)`` from an iterable of ``(x, attributes)`` batches."""
@@ -232,8 +257,8 @@ class LatentArithmeticCallback(_PeriodicCallback):
         if labels is not None:
             labels = labels.repeat_interleave(len(self.alphas), dim=0)
         images = pl_module.to_image(pl_module.decode(z, labels))
-        log_grid(trainer, f"latent_arithmetic_{self.attribute}",
-                 image_grid(images, len(self.alphas)))
+        self.log_grid(trainer, f"latent_arithmetic_{self.attribute}",
+                      image_grid(images, len(self.alphas)))
 
 
 class OutlierAUROCCallback(_PeriodicCallback):
@@ -288,14 +313,15 @@ class OutlierAUROCCallback(_PeriodicCallback):
         for logger in trainer.loggers:
             logger.log_metrics({"outlier/auroc": self.auroc}, step=logging_step(trainer))
         top = scores.argsort(descending=True)[: self.num_show]
-        log_grid(trainer, "outliers_highest_error",
-                 image_grid(torch.cat(images)[top], int(math.sqrt(self.num_show)) or 1))
+        self.log_grid(trainer, "outliers_highest_error",
+                      image_grid(torch.cat(images)[top], int(math.sqrt(self.num_show)) or 1))
 
 
 class CompletionCallback(_PeriodicCallback):
-    """Image completion on *test* images (PixelCNN, van den Oord et al. 2016a, Fig. 1): rows of
-    (original, upper half only, ``num_completions`` samples of the lower half given the upper
-    half), from the model's ``complete(x, labels)``.
+    """Image completion on *test* images (PixelCNN, van den Oord et al. 2016a, Fig. 1): one row
+    per image, its columns aligned: the original, what the model is given (the upper half, the
+    hidden lower half mid-grey), then ``num_completions`` samples of the lower half given the
+    upper half, from the model's ``complete(x, labels)``.
 
     Args:
         num_images: Test images completed (rows).
@@ -317,9 +343,9 @@ class CompletionCallback(_PeriodicCallback):
         x, y = next(iter(dm.test_dataloader()))
         x = x[: self.num_images].to(pl_module.device)
         labels = pl_module.conditioning((x, y[: self.num_images].to(pl_module.device)))
-        occluded = x.clone()
-        occluded[:, :, x.shape[2] // 2:] = -1
-        columns = [x, occluded] + [pl_module.complete(x, labels)
-                                   for _ in range(self.num_completions)]
-        images = torch.stack(columns, 1).flatten(0, 1)  # (rows * columns, C, H, W)
-        log_grid(trainer, "completions_test", image_grid(images, len(columns)))
+        given = x.clone()  # for display only: complete() is given x and sees its upper half
+        given[:, :, x.shape[2] // 2:] = 0.0  # mid-grey, unlike MNIST's black background
+        columns = [x, given] + [pl_module.complete(x, labels)
+                                for _ in range(self.num_completions)]
+        images = torch.stack(columns, 1)  # (rows: images, columns, C, H, W)
+        self.log_grid(trainer, "completions_test", image_grid(images))
