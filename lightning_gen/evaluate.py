@@ -246,9 +246,15 @@ def evaluate(
     lpips_weights: str | None = None,
     lpips_net: str = "alex",
 ) -> dict:
-    """Evaluate a checkpoint the way papers do: FID, IS, KID, precision/recall, likelihoods.
+    """Evaluate a checkpoint the way papers do: FID, IS, KID, precision/recall, likelihoods,
+    or PSNR/SSIM/LPIPS of image-to-image models.
 
     Likelihoods: ELBO/IWAE of VAEs, PixelCNN test NLL, Parzen-window log-likelihood.
+    Image-to-image models (SRResNet/SRGAN, pix2pix): PSNR, SSIM and LPIPS of their
+    translations of the first ``num_samples`` test pairs against the targets (pix2pix also
+    FID of outputs vs targets in ``feature_extractor``'s space), under the model's own protocol
+    (Y channel and border crop for super-resolution, RGB for colorization); the JSON is
+    ``<run>/eval/paired[-<extractor>][-lpips_...]_test_<n>.json`` (docs/models.md).
 
     Args:
         ckpt_path: Checkpoint written by ``lightning-gen fit``; or a run folder (every
@@ -319,6 +325,12 @@ def evaluate(
             batch_size)``, k = 0..seeds-1; the reference features are computed once): the
             JSON holds each seed's values and their mean, std and min, the flat metrics the
             mean.
+        lpips_weights: LPIPS of image-to-image models: ``None`` the published LPIPS (the
+            torchvision backbone is downloaded once, torchmetrics' linear layers); a file
+            written by ``lightning_gen.metrics.paired.write_lpips_weights`` (offline clusters);
+            ``random`` (tests: numbers filed under ``paired-lpips_random``).
+        lpips_net: LPIPS backbone: ``alex`` (the LPIPS paper's default), ``vgg`` or
+            ``squeeze``.
     """
     run_protocol = ProtocolRun.of(locals())  # first: the arguments as given and preset
     _check_num_samples(num_samples, isc_splits)
