@@ -169,8 +169,10 @@ def test_wandb_images_are_the_png_pixels_at_the_scalars_step(fits):
     log = wandb_log(run)
     rows = history(log)
     images = [r for r in rows if r.get("images/samples/_type") == "images/separated"]
+    # The caption says when, and what the grid shows.
     assert [r["images/samples/captions"] for r in images] == [
-        ["after 1 epochs, step 3"], ["after 2 epochs, step 6"]]
+        ["after 1 epochs, step 3 | G(z) of fixed noise z"],
+        ["after 2 epochs, step 6 | G(z) of fixed noise z"]]
     for epoch, row in enumerate(images, start=1):
         (name,) = row["images/samples/filenames"]
         stored = np.asarray(Image.open(log.parent / "files" / name).convert("RGB"), dtype=int)
@@ -179,6 +181,9 @@ def test_wandb_images_are_the_png_pixels_at_the_scalars_step(fits):
         assert stored.shape == local.shape == (8 * 18 + 2, 8 * 18 + 2, 3)
         assert np.abs(stored - local).max() <= 1  # 1/255
         assert len(np.unique(stored)) > 2  # not the 0/1 pixels of a float grid
+        # The file says what it shows too (its Description text).
+        assert Image.open(log.parent / "files" / name).text["Description"] == (
+            "G(z) of fixed noise z")
         # Encoded once: W&B holds the epoch's PNG file itself.
         assert (log.parent / "files" / name).read_bytes() == (
             run / f"images/samples_epoch{epoch:04d}.png").read_bytes()

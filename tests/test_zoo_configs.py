@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lightning_gen.callbacks import LatentArithmeticCallback
 from tests.zoo_utils import EXPERIMENTS, assert_finite_params, fit_yaml
 
 TINY_MLP = ("--model.init_args.g_hidden", "[16]", "--model.init_args.d_hidden", "[8]")
@@ -63,6 +64,10 @@ def test_outlier_callback_reports_an_auroc(mnist_dir):
     cli = fit_yaml("autoencoder_outlier_mnist.yaml", mnist_dir, "--model.init_args.width", "8")
     auroc = next(c for c in cli.trainer.callbacks if type(c).__name__ == "OutlierAUROCCallback")
     assert 0.0 <= auroc.auroc <= 1.0 and not math.isnan(auroc.auroc)
+    # The grid says which of its images are the held-out digit, and the AUROC.
+    text = Image.open(Path.cwd() / "images" / "outliers_highest_error_last.png").text["Description"]
+    assert text.startswith(f"the {auroc.num_show} test images of highest outlier score")
+    assert "of the held-out class 0 (positions [" in text and f"{auroc.auroc:.3f}" in text
     # The held-out digit never reaches training.
     assert all(int(y) != 0 for _, y in cli.datamodule.train_set)
 
@@ -111,3 +116,25 @@ def test_cyclegan_at_its_papers_batch_of_one_shows_and_samples_different_images(
     samples = model.eval().sample(16)  # G(a) of the 8 kept images, then again
     assert len({x.numpy().tobytes() for x in samples[:8]}) == 8
     torch.testing.assert_close(samples[8:], samples[:8])
+
+
+def test_latent_arithmetic_rows_start_with_the_face_and_say_their_alphas(celeba_dir):
+    cli = fit_yaml("beta_vae_celeba.yaml", celeba_dir, "--model.init_args.width", "8", steps=4)
+    png = Image.open(Path.cwd() / "images" / "latent_arithmetic_Smiling_last.png")
+    callback = next(c for c in cli.trainer.callbacks if isinstance(c, LatentArithmeticCallback))
+    faces = min(callback.num_faces, len(cli.datamodule.val_set))  # the fake data's few faces
+    side = 64 + 2  # CelebA at the YAML's 64 px, 2 px padding
+    assert png.size == ((1 + len(callback.alphas)) * side + 2, faces * side + 2)
+    assert png.text["Description"] == (
+        "row r: face r, then decode(mu + alpha * v) with v the Smiling vector, alpha = -1, "
+        "-0.5, 0, 0.5, 1, 1.5, 2 (alpha 0: its reconstruction)")
+
+
+def test_every_grid_a_model_logs_says_what_its_rows_and_columns_are(mnist_dir):
+    cli = fit_yaml("vae_mnist.yaml", mnist_dir, "--model.init_args.width", "8",
+                   "--images.every_n_epochs", "1", steps=4)
+    for name in ("reconstructions", "samples"):
+        text = Image.open(Path.cwd() / "images" / f"{name}_last.png").text["Description"]
+        assert text == cli.model.grid_layouts()[name] and text
+    assert Image.open(Path.cwd() / "images" / "reconstructions_last.png").text[
+        "Description"] == "pairs left to right: input, its reconstruction (decoded posterior mean)"

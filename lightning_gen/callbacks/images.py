@@ -12,6 +12,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from torchvision.utils import make_grid
 
 from lightning_gen.run_record import logging_step
@@ -46,10 +47,16 @@ def grid_pixels(grid: torch.Tensor) -> np.ndarray:
 PNG_COMPRESS_LEVEL = 1
 
 
-def png_bytes(pixels: np.ndarray) -> bytes:
-    """``pixels`` (uint8, ``(H, W, C)`` or ``(H, W)``) encoded as one PNG file's bytes."""
+def png_bytes(pixels: np.ndarray, description: str | None = None) -> bytes:
+    """``pixels`` (uint8, ``(H, W, C)`` or ``(H, W)``) encoded as one PNG file's bytes, with
+    ``description`` (what the grid's rows and columns are) as its ``Description`` text."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="png", compress_level=PNG_COMPRESS_LEVEL)
+    info = None
+    if description:
+        info = PngInfo()
+        info.add_text("Description", description)
+    Image.fromarray(pixels).save(buffer, format="png", compress_level=PNG_COMPRESS_LEVEL,
+                                 pnginfo=info)
     return buffer.getvalue()
 
 
@@ -67,14 +74,18 @@ def write_png(png: bytes, path: str | Path) -> None:
     Path(path).write_bytes(png)
 
 
-def log_grid(trainer: Trainer, name: str, grid: torch.Tensor, epochs_done: int | None = None
-             ) -> Path | None:
+def log_grid(trainer: Trainer, name: str, grid: torch.Tensor, epochs_done: int | None = None,
+             layout: str | None = None) -> Path | None:
     """Write ``grid`` to ``<run dir>/images/<name>_epoch<E>.png`` (E: epochs completed,
     default ``trainer.current_epoch``) and ``<name>_last.png`` (atomically) and log the same
     uint8 pixels to W&B / TensorBoard as ``images/<name>`` at the step Lightning logs scalars at
     (:func:`~lightning_gen.run_record.logging_step`, W&B's ``trainer/global_step``; not
     ``trainer.global_step``, which counts a GAN's two optimizer steps per batch). Returns the
     ``_last`` path.
+
+    ``layout`` says what the rows and columns are (``"rows: input, output, target"``): it ends
+    the W&B caption (``"after 3 epochs, step 1407 | rows: ..."``) and is the PNG's
+    ``Description`` text, so the file says it too.
 
     The PNG is encoded once: both files hold its bytes, and W&B is given the epoch's file (it
     copies the file into the run's media folder as it is). A ``fast_dev_run`` (Lightning's
@@ -85,7 +96,7 @@ def log_grid(trainer: Trainer, name: str, grid: torch.Tensor, epochs_done: int |
     epochs_done = trainer.current_epoch if epochs_done is None else epochs_done
     last = folder / f"{name}_last.png"
     pixels = grid_pixels(grid)
-    png = png_bytes(pixels)
+    png = png_bytes(pixels, layout)
     if getattr(trainer, "fast_dev_run", False):  # (stand-in trainers have none)
         return None
     written = None
@@ -101,7 +112,8 @@ def log_grid(trainer: Trainer, name: str, grid: torch.Tensor, epochs_done: int |
             if isinstance(logger, WandbLogger):
                 image = str(written) if written is not None else pixels
                 logger.log_image(key=f"images/{name}", images=[image], step=step,
-                                 caption=[f"after {epochs_done} epochs, step {step}"])
+                                 caption=[f"after {epochs_done} epochs, step {step}"
+                                          + (f" | {layout}" if layout else "")])
             elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(f"images/{name}", pixels, step,
                                             dataformats="HWC" if pixels.ndim == 3 else "HW")
@@ -165,9 +177,10 @@ class ImageGridCallback(Callback):
             named = pl_module.log_images(batch)
         finally:
             pl_module.train(was_training)
+        layouts = pl_module.grid_layouts() if hasattr(pl_module, "grid_layouts") else {}
         for name, images in named.items():
             grid = image_grid(images, self.nrow)
-            path = log_grid(trainer, name, grid, epochs_done)
+            path = log_grid(trainer, name, grid, epochs_done, layouts.get(name))
             if path is not None:
                 self.last_paths[name] = path
         self.last_logged_step = trainer.global_step

@@ -90,9 +90,11 @@ class _PeriodicCallback(Callback):
     def run(self, trainer: Trainer, pl_module: LightningModule) -> None:
         raise NotImplementedError
 
-    def log_grid(self, trainer: Trainer, name: str, grid: torch.Tensor) -> None:
-        """:func:`~lightning_gen.callbacks.images.log_grid`, numbered by the epochs done."""
-        log_grid(trainer, name, grid, self.epochs_done)
+    def log_grid(self, trainer: Trainer, name: str, grid: torch.Tensor,
+                 layout: str | None = None) -> None:
+        """:func:`~lightning_gen.callbacks.images.log_grid`, numbered by the epochs done;
+        ``layout`` says what the rows and columns are (W&B caption, PNG description)."""
+        log_grid(trainer, name, grid, self.epochs_done, layout)
 
 
 class LatentInterpolationCallback(_PeriodicCallback):
@@ -124,7 +126,9 @@ class LatentInterpolationCallback(_PeriodicCallback):
     def run(self, trainer, pl_module):
         decode, latent_dim = latent_decoder(pl_module, row_length=self.num_steps)
         images = decode(self.paths(latent_dim).to(pl_module.device))
-        self.log_grid(trainer, "latent_interpolation", image_grid(images, self.num_steps))
+        self.log_grid(trainer, "latent_interpolation", image_grid(images, self.num_steps),
+                      f"row r: decoded along the {self.mode} path between two fixed prior draws "
+                      f"z0 -> z1, {self.num_steps} steps")
 
 
 class LatentTraversalCallback(_PeriodicCallback):
@@ -178,14 +182,20 @@ class LatentTraversalCallback(_PeriodicCallback):
         decode, latent_dim = latent_decoder(pl_module, row_length=self.num_steps)
         base, dims = self.base_and_dims(pl_module, latent_dim)
         grid = image_grid(decode(self.codes(base, dims)), self.num_steps)
-        self.log_grid(trainer, "latent_traversal", grid)
+        base_is = ("the posterior mean of a training image" if isinstance(pl_module, VAE)
+                   and self.batch is not None else "a fixed prior draw")
+        self.log_grid(trainer, "latent_traversal", grid,
+                      f"row r: latent dimension dims[r] swept from {-self.span:g} to "
+                      f"{self.span:g} in {self.num_steps} steps, the others at {base_is}; "
+                      f"dims = {list(dims)}")
 
 
 class LatentArithmeticCallback(_PeriodicCallback):
     """Attribute vectors in a VAE's latent space (the "smile vector", White 2016; Larsen et al.
     2016): ``v = mean mu(x | attribute) - mean mu(x | no attribute)`` over validation (or
-    training) images with CelebA's 0/1 attribute targets, then rows ``decode(mu(x) + a v)`` for
-    ``a`` in ``alphas``: a face, then more and more of the attribute.
+    training) images with CelebA's 0/1 attribute targets, then one row per face: the face
+    itself, then ``decode(mu(x) + a v)`` for ``a`` in ``alphas`` (more and more of the
+    attribute; ``a = 0`` its reconstruction).
 
     Args:
         attribute: CelebA attribute name (``"Smiling"``).
@@ -257,8 +267,12 @@ class LatentArithmeticCallback(_PeriodicCallback):
         if labels is not None:
             labels = labels.repeat_interleave(len(self.alphas), dim=0)
         images = pl_module.to_image(pl_module.decode(z, labels))
-        self.log_grid(trainer, f"latent_arithmetic_{self.attribute}",
-                      image_grid(images, len(self.alphas)))
+        rows = torch.cat([faces[:, None].float(), images.view(len(faces), len(self.alphas),
+                                                               *images.shape[1:])], dim=1)
+        self.log_grid(trainer, f"latent_arithmetic_{self.attribute}", image_grid(rows),
+                      f"row r: face r, then decode(mu + alpha * v) with v the {self.attribute} "
+                      f"vector, alpha = {', '.join(f'{a:g}' for a in self.alphas)} (alpha 0: "
+                      "its reconstruction)")
 
 
 class OutlierAUROCCallback(_PeriodicCallback):
@@ -313,8 +327,13 @@ class OutlierAUROCCallback(_PeriodicCallback):
         for logger in trainer.loggers:
             logger.log_metrics({"outlier/auroc": self.auroc}, step=logging_step(trainer))
         top = scores.argsort(descending=True)[: self.num_show]
+        held_out = [i + 1 for i, t in enumerate(targets[top].tolist()) if t]
         self.log_grid(trainer, "outliers_highest_error",
-                      image_grid(torch.cat(images)[top], int(math.sqrt(self.num_show)) or 1))
+                      image_grid(torch.cat(images)[top], int(math.sqrt(self.num_show)) or 1),
+                      f"the {len(top)} test images of highest outlier score, highest first, row "
+                      f"by row; {len(held_out)} of them of the held-out class "
+                      f"{self.outlier_class} (positions {held_out}); outlier/auroc "
+                      f"{self.auroc:.3f}")
 
 
 class CompletionCallback(_PeriodicCallback):
@@ -348,4 +367,6 @@ class CompletionCallback(_PeriodicCallback):
         columns = [x, given] + [pl_module.complete(x, labels)
                                 for _ in range(self.num_completions)]
         images = torch.stack(columns, 1)  # (rows: images, columns, C, H, W)
-        self.log_grid(trainer, "completions_test", image_grid(images))
+        self.log_grid(trainer, "completions_test", image_grid(images),
+                      "row r: test image r; columns: the original, the given upper half (the "
+                      f"hidden half grey), {self.num_completions} completions")

@@ -64,3 +64,6 @@ class Autoencoder(SingleObjectiveModel):
         # Rows alternate input / reconstruction: (2B, C, H, W).
         pairs = torch.stack([x, x_hat], dim=1).flatten(0, 1)
         return {"reconstructions": pairs}
+
+    def grid_layouts(self) -> dict[str, str]:
+        return {"reconstructions": "pairs left to right: input, its reconstruction"}

@@ -307,6 +307,20 @@ class GenerativeModel(L.LightningModule):
         """Named image batches in [-1, 1] for the grid callback."""
         return {}
 
+    def grid_layouts(self) -> dict[str, str]:
+        """What the rows and columns of each ``log_images`` grid are, by name (the W&B caption
+        and the PNG's description)."""
+        return {}
+
+    def _label_layout(self) -> str:
+        """How a conditional model's fixed samples are labelled (empty if unconditional)."""
+        k = self.hparams.get("num_classes", 0)
+        if not k:
+            return ""
+        if self.hparams.get("condition_on", "class") == "attributes":
+            return "; each drawn for the attribute vector of a training image"
+        return f"; sample i drawn for class i mod {k} (column = class when {k} per row)"
+
 
 class NonFiniteRecord:
     """Whether one loss stayed finite: per backward, ``add`` keeps the device flag ``finite``

@@ -192,3 +192,7 @@ class CycleGAN(GANBase):
         # Three aligned rows each: a / G(a) / F(G(a)) and b / F(b) / G(F(b)).
         return {"a_to_b_to_a": torch.stack([a, fake_b, rec_a]).clamp(-1, 1),
                 "b_to_a_to_b": torch.stack([b, fake_a, rec_b]).clamp(-1, 1)}
+
+    def grid_layouts(self) -> dict[str, str]:
+        return {"a_to_b_to_a": "rows: a, G(a), F(G(a)); column i: image i of domain A",
+                "b_to_a_to_b": "rows: b, F(b), G(F(b)); column i: image i of domain B"}

@@ -312,6 +312,11 @@ class GANBase(GenerativeModel):
                 self.generator.train(was_training)
         return {"samples": images}
 
+    def grid_layouts(self) -> dict[str, str]:
+        average = (f", from the moving average of G (ema_decay {self.ema_decay})"
+                   if self.generator_ema is not None else "")
+        return {"samples": f"G(z) of fixed noise z{average}" + self._label_layout()}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)  # the non-finite-loss check
         checkpoint["gan_steps"] = {"d_steps": self.d_steps, "g_steps": self.g_steps}

@@ -181,3 +181,6 @@ class Pix2Pix(GANBase):
         shown = source.float().expand(-1, target.shape[1], -1, -1) if source.shape[1] == 1 \
             else source.float()
         return {"input_output_target": torch.stack([shown, output, target]).clamp(-1, 1)}
+
+    def grid_layouts(self) -> dict[str, str]:
+        return {"input_output_target": "rows: input, output G(x), target; column i: pair i"}

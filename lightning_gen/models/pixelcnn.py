@@ -156,3 +156,8 @@ class PixelCNN(ConditionalMixin, SingleObjectiveModel):
             given[:, :, x.shape[2] // 2:] = 0.0
             images["completions"] = torch.stack([x, given, self.complete(x, labels)])
         return images
+
+    def grid_layouts(self) -> dict[str, str]:
+        return {"samples": "samples" + self._label_layout(),
+                "completions": "rows: originals, the given upper half (the hidden half grey), "
+                               "completions; column i: image i"}

@@ -90,6 +90,10 @@ class PairedTranslationMixin:
         # Three aligned rows: bicubic upsampling of the input, the model's output, the original.
         return {"bicubic_output_target": torch.stack([bicubic, output, target.float()])}
 
+    def grid_layouts(self) -> dict[str, str]:
+        return {"bicubic_output_target": "rows: bicubic upsampling of the low-res input, output, "
+                                         "original; column i: image i"}
+
 
 class SRResNet(PairedTranslationMixin, SingleObjectiveModel):
     """Stage 1: the SRResNet generator on the pixel-wise MSE (Ledig et al. 2017, Eq. 4),

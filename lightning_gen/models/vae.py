@@ -190,6 +190,11 @@ class VAE(SingleObjectiveModel):
         samples = self.to_image(self.decode(self.fixed_noise, self.fixed_labels()))
         return {"reconstructions": pairs, "samples": samples}
 
+    def grid_layouts(self) -> dict[str, str]:
+        return {"reconstructions": "pairs left to right: input, its reconstruction (decoded "
+                                   "posterior mean)",
+                "samples": "decoded fixed prior draws z ~ N(0, I)" + self._label_layout()}
+
 
 def _repeat(t: torch.Tensor, n: int) -> torch.Tensor:
     """``(B, ...)`` -> ``(n * B, ...)``: ``n`` copies of the batch, one after the other."""
