@@ -13,6 +13,7 @@ The model's ``image_shape`` is taken from the DataModule. Each run writes its re
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -30,7 +31,7 @@ from datamodules.base import DatasetNotFoundError, ImageDataModule
 from lightning_gen import faults
 from lightning_gen.callbacks.checkpoint import LastCheckpoint
 from lightning_gen.callbacks.images import ImageGridCallback
-from lightning_gen.callbacks.metrics_file import MetricsFile
+from lightning_gen.callbacks.metrics_file import SUMMARY_FILE, MetricsFile
 from lightning_gen.callbacks.performance import Performance, flush_denormals_before_threads
 from lightning_gen.callbacks.progress import ProgressBar
 from lightning_gen.callbacks.training_metrics import TrainingMetrics
@@ -260,10 +261,12 @@ class LightningGenCLI(LightningCLI):
             print("fast_dev_run: every step ran once; nothing was written (no run folder, "
                   "checkpoint, metrics, images or W&B run)", flush=True)
             return
-        lines = [f"Run folder:  {run_dir(trainer)}"]
-        images = next((c for c in trainer.callbacks if isinstance(c, ImageGridCallback)), None)
-        for name, path in (images.last_paths if images else {}).items():
-            lines.append(f"Images ({name}): {path}")
+        folder = run_dir(trainer)
+        lines = [f"Run folder:  {folder}"]
+        # Every grid of the run (the model's and the callbacks': traversals, completions, ...).
+        for path in sorted((folder / "images").glob("*_last.png")):
+            lines.append(f"Images ({path.name.removesuffix('_last.png')}): {path}")
+        lines += _final_values(folder)
         ckpt = trainer.checkpoint_callback
         if ckpt is not None and ckpt.last_model_path:
             lines.append(f"Checkpoint:  {ckpt.last_model_path}")
@@ -271,6 +274,26 @@ class LightningGenCLI(LightningCLI):
             if isinstance(logger, WandbLogger) and logger.summary_line():
                 lines.append(logger.summary_line())
         print("\n".join(lines), flush=True)
+
+
+def _final_values(folder: Path) -> list[str]:
+    """``Final: name last (best b at step s), ...`` of the run's evaluation values (validation,
+    test, sample metrics, outlier AUROC: not the training losses), read back from its
+    ``summary.json``."""
+    path = folder / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    shown = []
+    for name, entry in summary.items():
+        if name.startswith("train/") or "last" not in entry or "goal" not in entry:
+            continue
+        text = f"{name} {entry['last']:.6g}"
+        if entry.get("best") is not None and entry["best"] != entry["last"]:
+            text += f" (best {entry['best']:.6g} at step {entry['best_step']})"
+        shown.append(text)
+    return [f"Final:       {', '.join(shown)}"] if shown else []
 
 
 def _resume_latest_run(config) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -333,3 +334,21 @@ def test_the_first_run_prints_no_line_its_user_cannot_act_on(tmp_path):
     assert "Trainable params" in output and "wandb: Run summary:" in output  # what should come
     for line in ("Tip:", "litlogger", "LeafSpec", "validation_step", "URL not available"):
         assert line not in output, line
+
+
+def test_the_end_of_fit_lists_every_grid_and_the_final_evaluation_values(tmp_path, capsys):
+    (tmp_path / "vae.yaml").write_text(
+        "model:\n  class_path: lightning_gen.models.VAE\n  init_args: {latent_dim: 4, width: 4}\n"
+        "data:\n  class_path: datamodules.DigitsDataModule\n"
+        "  init_args: {image_size: 8, val_fraction: 0.2}\n"
+        "trainer:\n  max_epochs: 2\n  limit_train_batches: 2\n  limit_val_batches: 1\n")
+    main(["fit", "--config", str(tmp_path / "vae.yaml"), "--trainer.callbacks+=lightning_gen."
+          "callbacks.LatentTraversalCallback", "--trainer.callbacks.num_dims=2", *FAST])
+    out = capsys.readouterr().out
+    run = only_run_dir()
+    for name in ("latent_traversal", "reconstructions", "samples"):  # callback's and model's
+        assert f"Images ({name}): {run / 'images' / (name + '_last.png')}" in out
+    summary = json.loads((run / "summary.json").read_text())
+    (final,) = [line for line in out.splitlines() if line.startswith("Final:")]
+    assert f"val/elbo {summary['val/elbo']['last']:.6g}" in final
+    assert "train/" not in final  # evaluation values, not training losses

@@ -332,8 +332,19 @@ class OutlierAUROCCallback(_PeriodicCallback):
                       image_grid(torch.cat(images)[top], int(math.sqrt(self.num_show)) or 1),
                       f"the {len(top)} test images of highest outlier score, highest first, row "
                       f"by row; {len(held_out)} of them of the held-out class "
-                      f"{self.outlier_class} (positions {held_out}); outlier/auroc "
+                      f"{self.outlier_class} (positions {_ranges(held_out)}); outlier/auroc "
                       f"{self.auroc:.3f}")
+
+
+def _ranges(positions: list[int]) -> str:
+    """``[1, 2, 3, 5, 7, 8]`` -> ``"1-3, 5, 7-8"``."""
+    runs: list[list[int]] = []
+    for p in positions:
+        if runs and p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or "none"
 
 
 class CompletionCallback(_PeriodicCallback):
