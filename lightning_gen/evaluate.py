@@ -246,8 +246,7 @@ def evaluate(
     lpips_weights: str | None = None,
     lpips_net: str = "alex",
 ) -> dict:
-    """Evaluate a checkpoint the way papers do: FID, IS, KID, precision/recall, likelihoods,
-    or PSNR/SSIM/LPIPS of image-to-image models.
+    """Evaluate a checkpoint as papers do: FID, IS, KID, precision/recall, likelihoods, PSNR.
 
     Likelihoods: ELBO/IWAE of VAEs, PixelCNN test NLL, Parzen-window log-likelihood.
     Image-to-image models (SRResNet/SRGAN, pix2pix): PSNR, SSIM and LPIPS of their
