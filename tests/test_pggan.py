@@ -296,3 +296,17 @@ def test_lightning_gen_evaluate_reads_a_mid_growth_checkpoint(cifar10_dir, tmp_p
           "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["num_samples"] == 16 and math.isfinite(result["fid"])
+
+
+def test_sample_grids_say_which_resolution_and_fade_they_come_from():
+    model = PGGAN(image_shape=(3, 16, 16), **TINY)
+    hp = model.hparams
+    assert model.grid_layouts()["samples"].endswith(
+        "; generated at 4x4, shown at 16x16 (pixels repeated)")
+    model.images_seen = hp.stabilize_images + hp.fade_images // 2  # halfway into 8x8
+    model.update_phase()
+    assert model.grid_layouts()["samples"].endswith(
+        "; generated at 8x8, fading in with alpha 0.50, shown at 16x16 (pixels repeated)")
+    model.images_seen = 10 * (hp.stabilize_images + hp.fade_images)  # the last level
+    model.update_phase()
+    assert model.grid_layouts()["samples"].endswith("; generated at 16x16")

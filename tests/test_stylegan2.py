@@ -265,6 +265,15 @@ def test_yaml_fits_and_its_grids_hold_the_generators_images(name, fixture, steps
         assert pixels.shape == expected.shape
         assert np.abs(pixels.astype(int) - expected.astype(int)).max() <= 1, png
         assert pixels.std() > 1, f"{png} is blank"
+        # Named like the other grids (epochs done), and saying what its rows and columns are.
+        assert sorted(p.name for p in (Path.cwd() / "images").glob(f"{png}_epoch*.png")) == (
+            sorted(p.name.replace("samples", png)
+                   for p in (Path.cwd() / "images").glob("samples_epoch*.png")))
+    assert Image.open(Path.cwd() / "images" / "truncation_last.png").text["Description"] == (
+        "row r: latent r; columns: truncation psi = 1, 0.7, 0.5, 0, -0.5, -1 (psi 0: the mean "
+        "w), noise off")
+    assert "cell (r, c): row r's styles for layers < 4" in Image.open(
+        Path.cwd() / "images" / "style_mixing_last.png").text["Description"]
     size = sweep.shape[-1]
     assert (mixing[0] == 1).all()  # the corner is blank (white)
     mean_image = sweep.view(6, 6, *sweep.shape[1:])[:, 3]  # psi = 0: the image of w_avg

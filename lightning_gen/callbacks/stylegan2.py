@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_gen.callbacks.images import image_grid, log_grid
+from lightning_gen.callbacks.images import image_grid
 from lightning_gen.callbacks.latent import _PeriodicCallback
 
 
@@ -80,7 +80,10 @@ class StyleMixingGridCallback(_PeriodicCallback):
     def run(self, trainer, pl_module):
         images = style_mixing_images(pl_module, self.num_rows, self.num_cols, self.cutoff,
                                      self.seed, self.truncation)
-        log_grid(trainer, "style_mixing", image_grid(images, self.num_cols + 1))
+        self.log_grid(trainer, "style_mixing", image_grid(images, self.num_cols + 1),
+                      f"top row: column sources; left column: row sources; cell (r, c): row "
+                      f"r's styles for layers < {self.cutoff} (coarse), column c's from layer "
+                      f"{self.cutoff} on; truncation psi {self.truncation:g}, noise off")
 
 
 class TruncationGridCallback(_PeriodicCallback):
@@ -101,4 +104,6 @@ class TruncationGridCallback(_PeriodicCallback):
 
     def run(self, trainer, pl_module):
         images = truncation_images(pl_module, self.num_rows, self.psis, self.seed)
-        log_grid(trainer, "truncation", image_grid(images, len(self.psis)))
+        self.log_grid(trainer, "truncation", image_grid(images, len(self.psis)),
+                      "row r: latent r; columns: truncation psi = "
+                      f"{', '.join(f'{p:g}' for p in self.psis)} (psi 0: the mean w), noise off")

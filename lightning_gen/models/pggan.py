@@ -185,6 +185,16 @@ class PGGAN(GANBase):
     def log_images(self, batch=None) -> dict[str, torch.Tensor]:
         return {k: self._full_size(v) for k, v in super().log_images(batch).items()}
 
+    def grid_layouts(self) -> dict[str, str]:
+        """The base's, with the phase the samples come from (they are shown at the data's size,
+        each pixel of a lower resolution repeated)."""
+        size = self.hparams.image_shape[-1]
+        resolution = 4 * 2**self.level
+        phase = (f"; generated at {resolution}x{resolution}"
+                 + (f", fading in with alpha {self.alpha:.2f}" if 0 < self.alpha < 1 else "")
+                 + (f", shown at {size}x{size} (pixels repeated)" if resolution < size else ""))
+        return {k: v + phase for k, v in super().grid_layouts().items()}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         hp = self.hparams  # the phase the next step runs at
