@@ -634,6 +634,10 @@ def sample(
     conditional = is_conditional(model)
     if class_label is not None and not conditional:
         raise ValueError(f"{type(model).__name__} is not class-conditional; drop --class_label")
+    if class_label is not None and not 0 <= class_label < int(model.hparams.num_classes):
+        raise ValueError(f"--class_label {class_label} is not a class of this "
+                         f"{type(model).__name__}: its classes are 0..."
+                         f"{int(model.hparams.num_classes) - 1}")
     if overwrite:
         remove_old_samples(folder)
     created = not folder.exists()

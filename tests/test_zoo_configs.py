@@ -138,3 +138,24 @@ def test_every_grid_a_model_logs_says_what_its_rows_and_columns_are(mnist_dir):
         assert text == cli.model.grid_layouts()[name] and text
     assert Image.open(Path.cwd() / "images" / "reconstructions_last.png").text[
         "Description"] == "pairs left to right: input, its reconstruction (decoded posterior mean)"
+
+
+def test_sample_draws_the_class_asked_for_and_refuses_one_the_model_lacks(mnist_dir, tmp_path,
+                                                                          capsys):
+    from lightning_gen.cli import main
+
+    cli = fit_yaml("cgan_mnist.yaml", mnist_dir, *TINY_MLP, steps=2)
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    main(["sample", "--ckpt_path", ckpt, "--num_samples", "5", "--class_label", "3",
+          "--out", str(tmp_path / "threes"), "--accelerator", "cpu", "--progress", "false"])
+    assert len(list((tmp_path / "threes").glob("*.png"))) == 5
+    assert (tmp_path / "threes" / "labels.txt").read_text().split() == ["3"] * 5
+    for label in ("12", "-1"):  # a traceback from the embedding, and an empty folder, before
+        with pytest.raises(SystemExit) as stop:
+            main(["sample", "--ckpt_path", ckpt, "--num_samples", "5", "--class_label", label,
+                  "--out", str(tmp_path / "bad"), "--accelerator", "cpu", "--progress", "false"])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"lightning-gen: error: --class_label {label} is not a class of this GAN: "
+                       "its classes are 0...9")
+        assert not (tmp_path / "bad").exists()
