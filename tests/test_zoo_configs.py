@@ -159,3 +159,17 @@ def test_sample_draws_the_class_asked_for_and_refuses_one_the_model_lacks(mnist_
         assert err == (f"lightning-gen: error: --class_label {label} is not a class of this GAN: "
                        "its classes are 0...9")
         assert not (tmp_path / "bad").exists()
+
+
+def test_the_papers_gan_trains_at_its_sgd_learning_rate_without_blowing_up(tmp_path):
+    # gan_mnist / cgan_mnist (SGD, lr 0.1, momentum 0.5) stopped on a non-finite D loss within
+    # ~120 steps: PyTorch's default init and [-1, 1] pixels put the maxout discriminator far
+    # from the paper code's start (weights U(+-.005), pixels on [0, 1]).
+    from tests import fakedata
+
+    data = fakedata.write_mnist(tmp_path / "mnist", n_train=512)
+    cli = fit_yaml("gan_mnist.yaml", data, "--data.batch_size", "100", steps=240)
+    assert cli.trainer.global_step == 240
+    assert_finite_params(cli.model)
+    d_loss = float(cli.trainer.callback_metrics["train/d_loss"])
+    assert 0 < d_loss < 10  # not the 10^3-10^4 of a discriminator on its way to inf

@@ -47,7 +47,9 @@ class GAN(ConditionalMixin, _BinaryGANLosses, GANBase):
         g_hidden: Generator hidden widths (1200, 1200).
         d_hidden: Discriminator maxout widths (240, 240).
         maxout_pieces: Pieces per maxout unit (5).
-        dropout: Discriminator dropout (0.5).
+        dropout: Discriminator dropout before its later layers (0.5).
+        input_dropout: Discriminator dropout of its input pixels (0.2: the paper's code keeps
+            each with probability 0.8).
         generator_loss_type: ``"minimax"`` (Eq. 1) or ``"non_saturating"`` (Sec. 3).
         num_classes: Size of the label vector (0: unconditional GAN).
         condition_on: ``"class"`` (integer labels) or ``"attributes"`` (CelebA vectors).
@@ -67,6 +69,7 @@ class GAN(ConditionalMixin, _BinaryGANLosses, GANBase):
         d_hidden: tuple[int, ...] = (240, 240),
         maxout_pieces: int = 5,
         dropout: float = 0.5,
+        input_dropout: float = 0.2,
         generator_loss_type: Literal["non_saturating", "minimax"] = "non_saturating",
         num_classes: int = 0,
         condition_on: Literal["class", "attributes"] = "class",
@@ -83,7 +86,7 @@ class GAN(ConditionalMixin, _BinaryGANLosses, GANBase):
         self._init_conditioning(num_fixed_samples)
         self.generator = MLPGenerator(latent_dim, image_shape, g_hidden, num_classes)
         self.discriminator = MLPDiscriminator(image_shape, d_hidden, maxout_pieces, dropout,
-                                              num_classes)
+                                              num_classes, input_dropout)
 
     def _labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
         if not self.conditional:
