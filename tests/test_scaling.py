@@ -215,6 +215,8 @@ def test_nan_loss_stops_with_clear_message_and_last_checkpoint_loads(tmp_path):
         trainer.fit(model, digits())
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert str(last) in str(err.value)
+    # The advice fits the run: a 32-true run is not told to try 32-true.
+    assert str(err.value).endswith("Try a lower learning rate or gradient clipping.")
     assert trainer.global_step == 8
     restored = DCGAN.load_from_checkpoint(last, map_location="cpu")
     assert_finite(restored)

@@ -132,10 +132,13 @@ class GenerativeModel(L.LightningModule):
         kept = (f"the last good checkpoint is {ckpt}" if ckpt
                 else "no checkpoint had been written")
         now = f" (detected at step {trainer.global_step})" if trainer is not None else ""
+        precision = str(getattr(trainer, "precision", "")) if trainer is not None else ""
+        # float16 overflows where float32 does not: suggest other precisions only under it.
+        other = (", or --trainer.precision 32-true / bf16-mixed" if precision.startswith("16")
+                 else "")
         raise NonFiniteLossError(
             f"{name} became non-finite at optimizer step {first_step}{now}; {kept}. Try a "
-            "lower learning rate, gradient clipping, or "
-            "--trainer.precision 32-true / bf16-mixed."
+            f"lower learning rate or gradient clipping{other}."
         )
 
     def on_fit_start(self) -> None:
