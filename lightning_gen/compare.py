@@ -195,16 +195,27 @@ def show(value: Any) -> str:
 def run_labels(runs: Sequence[Run], keys: Sequence[str]) -> list[str]:
     """Each run's name by its differing values, e.g. ``model=WGANGP, seed=1``.
 
-    ``model.class_path`` stands for the class (its last dotted part) and then its
-    ``model.init_args.*`` are left out (another class has other arguments), and so are the
-    logger's keys whose values follow from the others' (``group=wgan_gp`` beside
+    ``model.class_path`` stands for the class (its last dotted part) and its
+    ``model.init_args.*`` are left out (another class has other arguments) unless they differ
+    between runs of the same class (two GANs with other optimizers beside a DCGAN), and so are
+    the logger's keys whose values follow from the others' (``group=wgan_gp`` beside
     ``model=WGANGP``).
     Each key is shortened to its shortest dotted suffix (without ``init_args``) that is unique.
     Runs that the values do not tell apart get their folder name added.
     """
-    classes = {k[: -len(".class_path")] for k in keys if k.endswith(".class_path")}
-    keys = [k for k in keys if not any(k.startswith(f"{c}.init_args.") for c in classes)]
     flats = [flatten(run.config) for run in runs]
+    classes = {k[: -len(".class_path")] for k in keys if k.endswith(".class_path")}
+
+    def within_a_class(key: str, section: str) -> bool:
+        """``key`` takes several values among the runs of one ``section`` class."""
+        values: dict[str, set[str]] = {}
+        for f in flats:
+            values.setdefault(str(f.get(f"{section}.class_path")), set()).add(
+                json.dumps(f.get(key), default=str))
+        return any(len(v) > 1 for v in values.values())
+
+    keys = [k for k in keys if not any(k.startswith(f"{c}.init_args.") and not within_a_class(k, c)
+                                       for c in classes)]
     # The logger's name, group and tags describe the run: where their values follow from the
     # other keys' (a group named after the model), they add nothing to a label.
     for key in [k for k in reversed(keys) if k.startswith("trainer.logger.")]:

@@ -234,6 +234,22 @@ def test_labels_name_a_differing_model_class_not_its_arguments_nor_what_follows(
     assert run_labels(runs, keys) == ["model=DCGAN, seed=0", "model=WGANGP, seed=1"]
 
 
+def test_labels_keep_the_arguments_that_differ_between_runs_of_one_class(tmp_path):
+    # Two DCGANs with other learning rates beside a WGAN-GP: the class alone left the two DCGANs
+    # with the same label (told apart only by their folder names).
+    slow, fast = quickstart_config("x"), quickstart_config("y")
+    fast["model"]["init_args"]["lr_g"] = 1e-3
+    wgan = quickstart_config("z")
+    wgan["model"] = {"class_path": "lightning_gen.models.WGANGP",
+                     "init_args": {"lr_g": 1e-4, "n_critic": 5, "lambda_gp": 10.0}}
+    runs = [load_run(write_run(tmp_path, v, config=c))
+            for v, c in (("x", slow), ("y", fast), ("z", wgan))]
+    keys = differing_keys([flatten(r.config) for r in runs])
+    lr = slow["model"]["init_args"]["lr_g"]
+    assert run_labels(runs, keys) == [f"model=DCGAN, lr_g={lr:g}", "model=DCGAN, lr_g=0.001",
+                                      "model=WGANGP, lr_g=0.0001"]
+
+
 def test_x_axes_step_keeps_the_last_value_per_step_epoch_averages(tmp_path):
     # A run resumed from its step-1 checkpoint logs step 2 again; the rewritten value counts.
     (tmp_path / "metrics.csv").write_text(
