@@ -76,7 +76,8 @@ def test_discriminator_loss_falls_against_a_frozen_generator(name):
 @pytest.mark.parametrize("name", sorted(GANS))
 def test_generator_loss_falls_against_a_frozen_discriminator(name):
     model, _, labels, z, opt_g, _ = _setup(name)
-    model.discriminator.requires_grad_(False)
+    # Frozen: no gradient and a fixed function (no dropout draws; batch norm's statistics).
+    model.discriminator.requires_grad_(False).eval()
     losses = _fit(lambda: model.generator_loss(model.generate(z, labels), labels)["loss"], opt_g)
     assert _falls(losses), losses
 
