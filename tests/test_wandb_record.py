@@ -21,6 +21,7 @@ from PIL import Image
 
 from lightning_gen.callbacks.images import image_grid, log_grid
 from lightning_gen.run_record import set_wandb_defaults
+from tests.test_metrics_file import VAE_YAML
 from tests.wandb_log import (
     config,
     history,
@@ -287,33 +288,18 @@ def test_wandb_mode_disabled_writes_no_wandb_run(tmp_path, monkeypatch, capsys):
     assert "W&B" not in capsys.readouterr().out
 
 
-VAE_YAML = """\
-seed_everything: 0
-model:
-  class_path: lightning_gen.models.VAE
-  init_args: {latent_dim: 4, width: 8}
-data:
-  class_path: datamodules.DigitsDataModule
-  init_args: {image_size: 16, batch_size: 32, val_fraction: 0.2, num_workers: 0}
-trainer:
-  accelerator: cpu
-  max_epochs: 2
-  limit_train_batches: 3
-  limit_val_batches: 2
-  log_every_n_steps: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  logger:
-    class_path: lightning_gen.loggers.WandbLogger
-    init_args: {name: vae, save_dir: runs}
-"""
+# test_metrics_file's VAE (2 epochs of 3 batches) with the suite's W&B logger.
+VAE_WANDB = ["--trainer.logger=lightning_gen.loggers.WandbLogger",
+             "--trainer.logger.init_args.name=vae", "--trainer.logger.init_args.save_dir=runs",
+             "--trainer.accelerator=cpu", "--data.init_args.num_workers=0",
+             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
 def test_validate_and_test_of_a_checkpoint_log_at_its_step_in_wandb(tmp_path):
     # Lightning restores no loop state outside fit: W&B got a trained checkpoint's validation
     # and test results at step 0, epoch 0, the left edge of the training curves.
     (tmp_path / "vae.yaml").write_text(VAE_YAML)
-    finish(cli(tmp_path, "fit", "--config", "vae.yaml"))
+    finish(cli(tmp_path, "fit", "--config", "vae.yaml", *VAE_WANDB))
     run = the_run(tmp_path)
     ckpt = run / "checkpoints/last.ckpt"
     loops = torch.load(ckpt, weights_only=False, map_location="cpu")["loops"]
@@ -324,7 +310,7 @@ def test_validate_and_test_of_a_checkpoint_log_at_its_step_in_wandb(tmp_path):
     assert [(r["trainer/global_step"], r["epoch"]) for r in fit_val] == [(2, 0), (5, 1)]
     for stage, name in (("validate", "val/elbo"), ("test", "test/elbo")):
         before = set((tmp_path / "runs").glob("*/*"))
-        finish(cli(tmp_path, stage, "--config", "vae.yaml", "--ckpt_path", str(ckpt)))
+        finish(cli(tmp_path, stage, "--config", "vae.yaml", *VAE_WANDB, "--ckpt_path", str(ckpt)))
         (stage_run,) = set((tmp_path / "runs").glob("*/*")) - before  # a W&B run of its own
         log = wandb_log(stage_run)
         assert run_info(log)["job_type"] == stage
