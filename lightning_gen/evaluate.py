@@ -378,6 +378,7 @@ def evaluate(
                 paired = result
             else:
                 paired = None
+                _check_sample_count(num_samples, isc_splits)
                 if evaluator is None:  # one extractor and one reference for every checkpoint
                     extractor = build_extractor(feature_extractor, weights_path, trust_checkpoint)
                     evaluator = SpreadEvaluator(extractor, batch_size=batch_size, cache_dir=cache_dir,
@@ -539,15 +540,25 @@ PRC_NEIGHBORHOOD = 3
 
 
 def _check_num_samples(num_samples: int, isc_splits: int) -> None:
-    """Refuse, before any work, sample counts the metrics cannot be computed from."""
+    """Refuse, before any work, sample counts no metric can be computed from (FID needs 2)."""
     if isc_splits < 1:
         raise ValueError(f"--isc_splits must be at least 1, got {isc_splits}")
-    minimum = max(2, isc_splits, PRC_NEIGHBORHOOD + 1)
+    if num_samples < 2:
+        raise ValueError(f"--num_samples {num_samples} is too few: use 2 or more (papers use "
+                         "50000)")
+
+
+def _check_sample_count(num_samples: int, isc_splits: int) -> None:
+    """Refuse sample counts the sample metrics cannot be computed from: the Inception Score of
+    a split of one sample is exactly 1 whatever the model (its KL term is 0), so each split
+    needs 2; precision/recall needs ``k + 1``. (Paired models score test pairs: no IS.)"""
+    minimum = max(2 * isc_splits, PRC_NEIGHBORHOOD + 1)
     if num_samples < minimum:
         raise ValueError(
-            f"--num_samples {num_samples} is too few: the Inception Score needs one sample per "
-            f"split (--isc_splits {isc_splits}) and precision/recall {PRC_NEIGHBORHOOD + 1}; use "
-            f"--num_samples {minimum} or more (papers use 50000)")
+            f"--num_samples {num_samples} is too few: the Inception Score needs 2 samples per "
+            f"split (--isc_splits {isc_splits}; one gives exactly 1) and precision/recall "
+            f"{PRC_NEIGHBORHOOD + 1}; use --num_samples {minimum} or more, or fewer "
+            "--isc_splits (papers use 50000 samples, 10 splits)")
 
 
 def _check_cache_writable(evaluator, datamodule, split: str) -> None:

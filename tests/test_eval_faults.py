@@ -70,17 +70,20 @@ def test_results_are_printed_when_writing_them_fails(runs, tmp_path, capsys, mon
 
 # ---- case 11: too few samples refused before generating -----------------------------------------
 
-@pytest.mark.parametrize("n", [2, 3, 9])
+@pytest.mark.parametrize("n", [2, 3, 10, 19])
 def test_too_few_samples_are_refused_up_front(runs, tmp_path, capsys, n):
+    # 10 samples in 10 splits gave an Inception Score of exactly 1.0 (one sample per split).
     args = _evaluate_args(runs, tmp_path, "--num_samples", str(n), "--isc_splits", "10")
     err = error_line(capsys, *args)
-    assert f"--num_samples {n} is too few" in err and "--num_samples 10 or more" in err
+    assert f"--num_samples {n} is too few" in err and "--num_samples 20 or more" in err
+    assert "one gives exactly 1" in err
     assert not (tmp_path / "cache").exists()
 
 
-def test_four_samples_with_four_splits_evaluate(runs, tmp_path):
-    # The real minimum: precision/recall's k-NN (k = 3) needs 4 samples.
-    main(_evaluate_args(runs, tmp_path, "--num_samples", "4", "--batch_size", "4"))
+def test_four_samples_with_two_splits_evaluate(runs, tmp_path):
+    # The real minimum: precision/recall's k-NN (k = 3) needs 4 samples, each IS split 2.
+    main(_evaluate_args(runs, tmp_path, "--num_samples", "4", "--batch_size", "4",
+                        "--isc_splits", "2"))
     assert json.loads((tmp_path / "r.json").read_text())["num_samples"] == 4
 
 
