@@ -406,6 +406,10 @@ def evaluate(
             result["elapsed_s"] = round(time.perf_counter() - started, 2)
             # The code behind the numbers (torch-fidelity's features and formulas, the device).
             result["versions"] = versions(device=fabric.device, world_size=fabric.world_size)
+            # The name the numbers are filed under (results.jsonl, W&B eval/<name>/...): the
+            # preset's when all its settings held, else <extractor>-<split>-<n>. ("protocol"
+            # is the --protocol preset asked for, null without one.)
+            result["results_protocol"] = recorder.protocol
             if rank0:
                 path = json_path(ckpt, paired)
                 if paired is not None:  # named only now: checked as the generic name was

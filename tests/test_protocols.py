@@ -139,6 +139,7 @@ def test_a_protocol_end_to_end_into_the_json_results_and_table(tmp_path, capsys,
                           "--num_samples", "40", "--feature_extractor", clf)
     assert result["protocol"] == "pytorch-gan-collections"
     assert result["protocol_overrides"] == {"num_samples": 40, "feature_extractor": clf}
+    assert result["results_protocol"] == "classifier-train-40"  # as results.jsonl files it
     assert result["num_samples"] == 40 and result["isc_splits"] == 10
     assert result["reference"]["split"] == "train" and result["reference"]["num_images"] == 64
     assert "published" not in result  # no published row for an MNIST DCGAN
@@ -162,5 +163,7 @@ def test_a_protocol_end_to_end_into_the_json_results_and_table(tmp_path, capsys,
     plain = run_evaluate(tmp_path / "plain.json", *args, "--num_samples", "40",
                          "--reference", "test", "--feature_extractor", clf, "--isc_splits", "4")
     assert plain["protocol"] is None
+    assert plain["results_protocol"] == read_rows(tiny["run"] / "eval" / "results.jsonl")[-1][
+        "protocol"] == "classifier-test-40"
     assert plain["fid"] == pytest.approx(result["fid"], rel=1e-6)  # the same settings
     assert json.loads((tmp_path / "tiny.json").read_text())["fid"] == result["fid"]
