@@ -145,7 +145,6 @@ class ImageGridCallback(Callback):
         self.nrow = nrow
         self.batch = None
         self.last_logged_step = -1
-        self.last_paths: dict[str, Path] = {}
 
     # A fixed batch of real images for reconstructions: the first validation batch if there is
     # one (not shuffled, so the same images every epoch), else the first training batch.
@@ -180,9 +179,7 @@ class ImageGridCallback(Callback):
         layouts = pl_module.grid_layouts() if hasattr(pl_module, "grid_layouts") else {}
         for name, images in named.items():
             grid = image_grid(images, self.nrow)
-            path = log_grid(trainer, name, grid, epochs_done, layouts.get(name))
-            if path is not None:
-                self.last_paths[name] = path
+            log_grid(trainer, name, grid, epochs_done, layouts.get(name))
         self.last_logged_step = trainer.global_step
 
 

@@ -212,9 +212,8 @@ class LatentArithmeticCallback(_PeriodicCallback):
         self.alphas = alphas if alphas is not None else [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]
         self.vector: torch.Tensor | None = None
 
-    # Refused before training, not with an IndexError after the first epoch. (The CLI checks
-    # the model's data before the run folder exists; callbacks get here, in setup, once the
-    # loggers have started.)
+    # Refused before training, not with an IndexError after the first epoch: the CLI calls
+    # check_datamodule before the run folder exists; setup covers the Python API.
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
             self.check_datamodule(trainer.datamodule)

@@ -56,8 +56,7 @@ def likelihood_of(model, datamodule) -> str:
     """What a VAE's ELBO / IWAE numbers are a bound of: its decoder's distribution over the
     data as evaluated, and which published numbers they can be set against."""
     binarize = getattr(datamodule, "binarize", "none")
-    kind = getattr(getattr(model, "hparams", {}), "get", lambda *_: None)("likelihood")
-    if kind == "gaussian":
+    if model.hparams.get("likelihood") == "gaussian":
         return (f"Gaussian decoder (std {model.hparams.gaussian_std} on [-1, 1]) on continuous "
                 "intensities: a density, whose nats depend on that scale; not comparable with "
                 "likelihoods of discrete images")
