@@ -403,10 +403,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         data_dir = write_mnist(Path(tmp) / "data", args.n_train, args.n_test)
         for name in [e for e in args.experiments.split(",") if e]:
             config = load_config(name, args.quick)
-            runs = Path(tmp) / "runs" / name
             samples: dict[str, list[float]] = {}
             loop_samples: dict[str, list[float]] = {}
-            for _ in range(args.repeats):
+            for repeat in range(args.repeats):
+                # Each repeat's CLI runs in folders of their own (a run without a logger is
+                # refused in a folder that holds one).
+                runs = Path(tmp) / "runs" / name / f"repeat{repeat}"
                 seconds, out = run_timed(child_command("plain", name, data_dir, args.epochs,
                                                        args.quick), env)
                 samples.setdefault("plain", []).append(seconds)

@@ -412,18 +412,22 @@ def test_end_to_end_repeats_alternate_the_runs_and_report_medians(monkeypatch, c
     repeats' cli / plain (not the ratio of the medians), each repeat's ratio listed."""
     end_to_end = load("end_to_end")
     order, plain_s, cli_s = [], iter([20.0, 30.0, 25.0]), iter([22.0, 36.0, 26.0])
+    folders = []
 
     def fake_run(cmd, env):
         if "--plain" in cmd:
             order.append("plain")
             return next(plain_s), f"CHILD {json.dumps({'loop_s': 1.0})}\n"
         order.append("cli")
+        folders.append(cmd[cmd.index("--trainer.logger.init_args.save_dir") + 1])
         return next(cli_s), ""
 
     monkeypatch.setattr(end_to_end, "run_timed", fake_run)
     rows = end_to_end.main(["--experiments", "vae_mnist", "--n-train", "8", "--n-test", "4",
                             "--breakdown", "none", "--repeats", "3", "--workdir", str(tmp_path)])
     assert order == ["plain", "cli"] * 3
+    # Each repeat runs in folders of its own (a run without a logger refuses a used folder).
+    assert len(set(folders)) == 3
     by_run = {r["run"]: r for r in rows}
     assert by_run["plain"]["wall_s"] == 25.0 and by_run["cli"]["wall_s"] == 26.0
     assert by_run["cli"]["ratios"] == [1.1, 1.2, 1.04]
