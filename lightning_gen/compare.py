@@ -252,11 +252,13 @@ def run_labels(runs: Sequence[Run], keys: Sequence[str]) -> list[str]:
 
 
 def default_metrics(runs: Sequence[Run]) -> list[str]:
-    """Names with a goal in any summary.json (quality metrics first, then losses); without
-    summaries, every name in the runs' metrics.csv."""
-    names = {n for r in runs for n, s in r.summary.items() if isinstance(s, dict) and "goal" in s}
+    """Names with a goal in any summary.json (quality metrics first, then losses); where none
+    has one (a GAN fitted without ``--metrics``: its players' losses have no goal), the names
+    containing ``loss``; without summaries, every name in the runs' metrics.csv."""
+    summary = {n: s for r in runs for n, s in r.summary.items()}
+    names = {n for n, s in summary.items() if isinstance(s, dict) and "goal" in s}
     if not names:
-        names = {n for r in runs for n in r.summary} or {
+        names = {n for n in summary if "loss" in n} or set(summary) or {
             n for r in runs for n in read_metrics(r.path)}
     return sorted(names, key=lambda n: ("loss" in n, n))
 
@@ -425,7 +427,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--runs_dir", default="runs", help="where --group looks (default: runs)")
     parser.add_argument("--metrics", help="comma-separated metric names, e.g. "
                         "train/g_loss,metrics/fid,eval/inception-train-50000/fid (default: "
-                        "those with a goal in summary.json)")
+                        "those with a goal in summary.json, else the losses)")
     parser.add_argument("--x", default="step", choices=X_AXES, help="x-axis of the curves")
     parser.add_argument("--out", help="output folder (default: compare/<date>-<time>)")
     parser.add_argument("--ignore", default="", help="comma-separated config keys (or "

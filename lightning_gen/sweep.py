@@ -1,8 +1,8 @@
 """``lightning-gen sweep``: hyperparameter search on Optuna, every trial an ordinary run.
 
-    lightning-gen sweep --config experiments/quickstart.yaml \\
-        --space experiments/sweeps/quickstart_lr.yaml --trials 20 \\
-        --objective train/g_loss --trainer.max_steps 2000
+    lightning-gen sweep --config experiments/dcgan_cifar10.yaml \\
+        --space experiments/sweeps/dcgan_lr_beta1.yaml --trials 30 --objective metrics/fid \\
+        --metrics.every_n_epochs 5 --metrics.num_samples 10000 --trainer.max_epochs 25
 
 Each trial is ``lightning-gen fit`` in a process of its own (``--in_process true``: in the
 sweep's process) with the sampled values as ``--key=value`` options after the command line's
@@ -38,6 +38,7 @@ from lightning_gen.sweep_space import (
     check_space_values,
     load_space,
     logged_names,
+    metrics_sources,
     overrides,
     parse_config,
     resolve_keys,
@@ -103,7 +104,12 @@ def prepare(args: argparse.Namespace, extra: list[str]
     direction = args.direction or {"min": "minimize", "max": "maximize"}.get(
         goal_of(args.objective) or "")
     if direction is None:
-        raise SweepError(f"--direction minimize|maximize: '{args.objective}' has no known goal")
+        leaf = args.objective.rsplit("/", 1)[-1]
+        why = (" (a GAN player's loss: a low train/g_loss means a weak discriminator, not good "
+               "samples; rank by metrics/fid with --metrics.every_n_epochs N)"
+               if leaf.startswith(("d_", "g_")) else "")
+        raise SweepError(f"--direction minimize|maximize: '{args.objective}' has no known goal"
+                         + why)
     names, notes = logged_names(config)
     if names and args.objective not in names:
         raise SweepError(f"--objective {args.objective} is not logged by this experiment ("
@@ -112,7 +118,24 @@ def prepare(args: argparse.Namespace, extra: list[str]
     if not names:
         print(f"lightning-gen: warning: {'; '.join(notes)}: --objective {args.objective} is "
               "checked when the first trial ends", file=sys.stderr)
+    check_extractors(config)
     return params, base, config, direction
+
+
+def check_extractors(config: dict) -> None:
+    """A ``classifier:`` feature extractor of the fit's metrics must name a checkpoint (or a glob
+    that matches one) before any trial starts, not fail every trial."""
+    from lightning_gen.metrics.extractors import classifier_checkpoint
+
+    for metric_args, where in metrics_sources(config):
+        spec = str(metric_args.get("feature_extractor") or "")
+        if int(metric_args.get("every_n_epochs") or 0) > 0 and spec.startswith("classifier:"):
+            try:
+                classifier_checkpoint(spec.partition(":")[2])
+            except FileNotFoundError as err:
+                option = ("--metrics.feature_extractor" if where.startswith("--metrics")
+                          else "trainer.callbacks")
+                raise SweepError(f"{option}: {err}") from None
 
 
 class Sweep:
@@ -412,10 +435,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, required=True,
                    help="trials in the study, all workers and restarts together")
     p.add_argument("--objective", required=True,
-                   help="a metric the experiment logs: metrics/fid, val/elbo, train/g_loss")
+                   help="a metric the experiment logs: metrics/fid, val/elbo, val/loss")
     p.add_argument("--direction", choices=("minimize", "maximize"),
                    help="default: from the metric's name (fid, *loss: minimize; is_mean, "
-                        "elbo, precision, recall: maximize)")
+                        "elbo, precision, recall: maximize; a GAN's train/d_*, train/g_*: "
+                        "none)")
     p.add_argument("--storage", help="Optuna RDB storage URL shared by all workers, e.g. "
                    "postgresql://user:pw@host/db (default: sqlite:///<runs>/sweeps/NAME/study.db)")
     p.add_argument("--study_name", help="default: the space file's name")

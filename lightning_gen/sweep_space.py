@@ -224,7 +224,7 @@ def _class(config: dict, section: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def _metrics_sources(config: dict) -> list[tuple[dict, str]]:
+def metrics_sources(config: dict) -> list[tuple[dict, str]]:
     """(init_args, where) of every metrics callback that runs while fitting."""
     sources = []
     metrics = config.get("metrics")
@@ -258,7 +258,7 @@ def logged_names(config: dict) -> tuple[set[str], list[str]]:
     names: set[str] = set()
     notes: list[str] = []
     model_args = (config.get("model") or {}).get("init_args") or {}
-    for args, where in _metrics_sources(config):
+    for args, where in metrics_sources(config):
         if int(args.get("every_n_epochs") or 0) <= 0:
             notes.append(f"metrics/* only with {where} N > 0 (off in this config)")
             continue

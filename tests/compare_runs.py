@@ -16,6 +16,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from lightning_gen.callbacks.metrics_file import goal_of
+
 STEPS_PER_EPOCH = 10
 
 
@@ -51,7 +53,7 @@ def write_run(root: Path, version: str, lr_g: float = 2e-4, level: float = 1.0,
               grid_colour: tuple[int, int, int] = (200, 30, 30), steps: int = 40,
               config: dict | None = None) -> Path:
     """A finished run folder: `steps` logged steps of train/g_loss (around `level`),
-    train/d_loss, metrics/fid once per epoch, one evaluation, and a 146 x 146 sample grid
+    train/d_loss (no best: a GAN player's loss has no goal), metrics/fid once per epoch, one evaluation, and a 146 x 146 sample grid
     whose cells are filled with shades of `grid_colour`."""
     run = root / version
     run.mkdir(parents=True)
@@ -65,10 +67,10 @@ def write_run(root: Path, version: str, lr_g: float = 2e-4, level: float = 1.0,
             values["metrics/fid"] = 100 * level / (epoch + 1)
         for name, value in values.items():
             rows.append([step, epoch, step, round(0.05 * step, 3), name, value])
-            entry = summary.setdefault(name, {"goal": "min"})
+            entry = summary.setdefault(name, {})
             entry.update(last=value, last_step=step)
-            if "best" not in entry or value < entry["best"]:
-                entry.update(best=value, best_step=step)
+            if goal_of(name) == "min" and ("best" not in entry or value < entry["best"]):
+                entry.update(best=value, best_step=step, goal="min")
     with open(run / "metrics.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["step", "epoch", "g_steps", "wall_time", "name", "value"])

@@ -84,9 +84,12 @@ def test_table_lists_the_only_differing_config_key_and_the_metrics(two_runs, cap
     assert config_columns == ["run", "path", "model.init_args.lr_g"]
     assert [r["model.init_args.lr_g"] for r in rows] == ["0.0002", "0.001"]
     summary = json.loads((two_runs[1] / "summary.json").read_text())
-    assert float(rows[1]["train/g_loss.best"]) == pytest.approx(summary["train/g_loss"]["best"])
-    assert int(rows[1]["train/g_loss.best_step"]) == summary["train/g_loss"]["best_step"]
+    assert float(rows[1]["metrics/fid.best"]) == pytest.approx(summary["metrics/fid"]["best"])
+    assert int(rows[1]["metrics/fid.best_step"]) == summary["metrics/fid"]["best_step"]
     assert float(rows[1]["metrics/fid.last"]) == pytest.approx(50.0)
+    # A GAN player's loss has a last value and no best (it has no goal).
+    assert float(rows[1]["train/g_loss.last"]) == pytest.approx(summary["train/g_loss"]["last"])
+    assert "train/g_loss.best" not in rows[1]
     # The latest evaluation of each protocol (the second row of results.jsonl: step 39).
     assert float(rows[0]["eval/classifier-test-1000/fid"]) == pytest.approx(25.0)
     assert rows[0]["eval/classifier-test-1000/step"] == "39"
@@ -304,10 +307,18 @@ def test_compare_two_quickstart_fits_differing_only_in_lr_g(capsys):
         assert (run / "metrics.csv").is_file(), (
             f"{run} has no metrics.csv: `lightning-gen fit` must write it (run-folder contract, "
             "branch metricsfile) for compare's curves and summary columns")
-    assert {"train/g_loss.last", "train/d_loss.best"} <= set(rows[0])
+    assert {"train/g_loss.last", "train/d_loss.last"} <= set(rows[0])
+    assert not {"train/g_loss.best", "train/d_loss.best"} & set(rows[0])
     image = Image.open("out/curves.png")
     assert image.size == TWO_PANELS
     pixels = np.asarray(image.convert("RGB"))[:PANEL_ROWS]
     for colour in (BLUE, ORANGE):
         for panel in (pixels[:, :TWO_PANELS[0] // 2], pixels[:, TWO_PANELS[0] // 2:]):
             assert colour_mask(panel, colour).sum() > 100, colour
+    # Without --metrics: a GAN fitted without --metrics has no metric with a goal; its
+    # players' losses are shown (last values only, no "best" row), two panels of curves.
+    main(["compare", *map(str, runs), "--out", "default"])
+    cells = {row[0]: row[1:] for row in read_markdown(Path("default/table.md"))[1:]}
+    assert {"train/d_loss (last)", "train/g_loss (last)"} <= set(cells)
+    assert not [label for label in cells if "(best)" in label]
+    assert Image.open("default/curves.png").size == TWO_PANELS

@@ -20,10 +20,11 @@ import torch
 import yaml
 
 from datamodules import DigitsDataModule
-from lightning_gen.callbacks import MetricsFile
+from lightning_gen.callbacks import MetricsFile, TrainingMetrics
 from lightning_gen.callbacks.metrics_file import HEADER, goal_of, read_rows
 from lightning_gen.cli import main
 from lightning_gen.loggers import WandbLogger
+from lightning_gen.metrics.extractors import file_digest
 from lightning_gen.models import VAE
 from tests import wandb_log
 from tests.metrics_helpers import classifier_checkpoint
@@ -91,13 +92,17 @@ def expected_summary(rows: list[dict]) -> dict:
 
 
 def test_goals_follow_the_contract():
-    for name in ("metrics/fid", "metrics/kid_mean", "train/g_loss", "val/loss_epoch",
+    for name in ("metrics/fid", "metrics/kid_mean", "train/loss", "val/loss_epoch",
                  "val/nll_bits_per_dim", "test/nll_nats_per_image"):
         assert goal_of(name) == "min", name
     for name in ("metrics/is_mean", "val/elbo", "val/elbo_epoch", "metrics/precision",
                  "metrics/recall", "metrics/gan_test", "outlier/auroc"):
         assert goal_of(name) == "max", name
     for name in ("metrics/is_std", "metrics/kid_std", "train/g_steps", "val/kl", "epoch"):
+        assert goal_of(name) is None, name
+    # A GAN's players' terms: a low g_loss means a weak discriminator, not good samples.
+    for name in ("train/g_loss", "train/d_loss", "train/d_loss_step", "train/d_r1_penalty",
+                 "train/g_pl_loss", "train/g_cycle_loss"):
         assert goal_of(name) is None, name
 
 
@@ -322,10 +327,31 @@ def test_a_resumed_run_appends_to_its_file_and_cuts_a_torn_line():
     assert second[0]["wall_time"] >= first[-1]["wall_time"]  # time of the run, continued
     summary = json.loads((run / "summary.json").read_text())
     assert summary == expected_summary(rows)
-    # The resumed W&B segment holds the bests of the whole run, not of its own rows only.
-    assert len(list((run / "wandb").glob("offline-run-*"))) == 2
+    # A GAN player's loss has no best anywhere: not in summary.json, not in W&B.
+    assert "best" not in summary["train/g_loss"] and "goal" not in summary["train/d_loss"]
     stored = wandb_log.summary(wait_for_run_log(run / "wandb"))
-    for name in ("train/d_loss", "train/g_loss"):
+    assert "train/g_loss.best" not in stored and "train/d_loss.best" not in stored
+
+
+def test_a_resumed_runs_wandb_segment_holds_the_bests_of_the_whole_run(tmp_path):
+    # FID 3.0 after the first epoch, 5.0 after the second: the run's best lies in the first
+    # segment, which the resumed one did not log.
+    (tmp_path / "vae.yaml").write_text(VAE_YAML.replace("trainer:\n", (
+        "trainer:\n  callbacks:\n    - class_path: tests.test_metrics_file.FakeQuality\n"
+        "      init_args: {fid: [3.0, 5.0], is_mean: [2.0, 1.0]}\n")))
+    args = ["fit", "--config", str(tmp_path / "vae.yaml"), *FAST]
+    main([*args, "--trainer.max_epochs", "1"])
+    run = only_run_dir()
+    main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert only_run_dir() == run and len(list((run / "wandb").glob("offline-run-*"))) == 2
+    rows = read_rows(run / "metrics.csv")
+    assert [r["value"] for r in rows if r["name"] == "metrics/fid"] == [3.0, 5.0]
+    summary = json.loads((run / "summary.json").read_text())
+    # (No "protocol" beside them: the CLI's --metrics callback, which is off, did not log them.)
+    assert summary == expected_summary(rows)
+    stored = wandb_log.summary(wait_for_run_log(run / "wandb"))
+    assert (stored["metrics/fid.best"], stored["metrics/is_mean.best"]) == (3.0, 2.0)
+    for name in ("metrics/fid", "metrics/is_mean", "train/loss", "val/elbo"):
         assert stored[f"{name}.best"] == summary[name]["best"]
         assert stored[f"{name}.best_step"] == summary[name]["best_step"]
 
@@ -423,6 +449,31 @@ def test_metrics_switch_refuses_a_too_small_split_before_training(tmp_path, caps
     assert "has 297 real images, fewer than the 1000 requested" in err
     assert not list(Path("runs").glob("*/*/checkpoints/*.ckpt"))
     assert not torch.cuda.is_initialized()
+
+
+def test_a_missing_evaluator_is_one_line_before_the_run_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", QUICKSTART, "--metrics.every_n_epochs", "1",
+              "--metrics.feature_extractor", "classifier:evaluators/*/last.ckpt", *FAST])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "lightning-gen: error: no classifier checkpoint matches 'evaluators/*/last.ckpt'; "
+        "train one with lightning-gen fit --config experiments/evaluator_<data>.yaml"]
+    assert not Path("runs").exists()
+
+
+def test_a_classifier_glob_takes_the_newest_evaluator_and_says_which(capsys):
+    old = classifier_checkpoint("evaluators/a/last.ckpt", seed=0)
+    new = classifier_checkpoint("evaluators/b/last.ckpt", seed=1)
+    later = time.time() + 60
+    os.utime(old, (later, later))  # a is the newest file, though written first
+    callback = TrainingMetrics(every_n_epochs=1, num_samples=50,
+                               feature_extractor="classifier:evaluators/*/last.ckpt")
+    callback.check_datamodule(None)
+    assert callback.evaluator.extractor.name == f"classifier-{file_digest(old)}"
+    assert file_digest(old) != file_digest(new)
+    assert capsys.readouterr().err.strip() == (
+        f"lightning-gen: classifier extractor: {old} (newest match of evaluators/*/last.ckpt)")
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ FAST = ["--trainer.accelerator", "cpu", "--model.init_args.g_width", "8",
         "--data.num_workers", "0", "--images.every_n_epochs", "0"]
 SWEEP = ["--config", str(ROOT / "experiments/quickstart.yaml"),
          "--space", str(ROOT / f"experiments/sweeps/{NAME}.yaml"),
-         "--objective", "train/g_loss", *FAST]
+         "--objective", "train/g_loss", "--direction", "minimize", *FAST]
 
 
 def study() -> optuna.Study:
@@ -217,17 +217,38 @@ def _storage() -> str:
     (["--objective", "metrics/fid"], "lightning-gen: error: --objective metrics/fid is not "
      "logged by this experiment (metrics/* only with --metrics.every_n_epochs N > 0 (off in "
      "this config); GANs log no val/* values; it logs train/d_loss, train/g_loss)"),
+    (["--direction", None], "lightning-gen: error: --direction minimize|maximize: "
+     "'train/g_loss' has no known goal (a GAN player's loss: a low train/g_loss means a weak "
+     "discriminator, not good samples; rank by metrics/fid with --metrics.every_n_epochs N)"),
 ])
-def test_an_unknown_key_or_objective_is_one_line_and_starts_no_trial(change, message, capsys):
+def test_an_unknown_key_objective_or_goal_is_one_line_and_starts_no_trial(change, message, capsys):
     Path("typo.yaml").write_text("model.init_args.lr_gg: {type: float, low: 1.0e-4, high: "
                                  "1.0e-3}\n")
     args = list(SWEEP)
-    args[args.index(change[0]) + 1] = change[1]
+    where = args.index(change[0])
+    if change[1] is None:  # the option left out
+        del args[where:where + 2]
+    else:
+        args[where + 1] = change[1]
     with pytest.raises(SystemExit) as info:
         main(["sweep", *args, "--trials", "3"])
     assert info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [message]
     assert not Path("runs").exists()
+
+
+def test_a_missing_evaluator_is_one_line_before_any_trial(capsys):
+    evaluator = "runs/lightning-gen/evaluator_digits-*/checkpoints/last.ckpt"
+    args = [a if a != "train/g_loss" else "metrics/fid" for a in SWEEP]
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", *args, "--trials", "3", "--metrics.every_n_epochs", "1",
+              "--metrics.feature_extractor", f"classifier:{evaluator}"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"lightning-gen: error: --metrics.feature_extractor: no classifier checkpoint matches "
+        f"'{evaluator}'; train one with lightning-gen fit --config "
+        "experiments/evaluator_<data>.yaml"]
+    assert not Path("runs/sweeps").exists()
 
 
 def test_a_crashed_trial_fails_with_its_error_line_and_the_sweep_goes_on(capsys):

@@ -3,6 +3,8 @@ agent arguments as `lightning-gen fit` parses them."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import shlex
 from pathlib import Path
@@ -15,6 +17,7 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 from lightning_gen.cli import LightningGenCLI, main
 from lightning_gen.sweep import parser, prepare
 from lightning_gen.sweep_space import load_space, logged_names, overrides, parse_config
+from tests.metrics_helpers import classifier_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = sorted(p for p in (ROOT / "experiments/sweeps").glob("*.yaml")
@@ -34,9 +37,14 @@ def test_each_example_space_fits_its_experiment_and_objective(space):
     text = space.read_text()
     header = "".join(ln for ln in text.splitlines() if ln.startswith("#"))
     assert text.startswith("#") and re.search(r"\(\D+ (19|20)\d\d", header)  # the paper
-    args, extra = parser().parse_known_args(documented_command(space))
+    command = documented_command(space)
+    for arg in command:  # an evaluator run the command's classifier glob names
+        if arg.startswith("classifier:"):
+            classifier_checkpoint(arg.partition(":")[2].replace("*", "0"))
+    args, extra = parser().parse_known_args(command)
     params, _, config, direction = prepare(args, extra)
     assert direction == ("maximize" if args.objective == "val/elbo" else "minimize")
+    assert not args.objective.startswith(("train/d_", "train/g_"))  # a GAN player's loss
     assert args.objective in logged_names(config)[0]
     for param in params:  # both ends of each range, as options the experiment takes
         for value in param.boundary_values():
@@ -144,14 +152,22 @@ def wandb_agent_env(monkeypatch):
 
 def test_a_wandb_agent_run_is_a_fit_in_the_agents_run_folder(wandb_agent_env):
     space = ROOT / "experiments/sweeps/quickstart_lr.wandb.yaml"
+    # The digits evaluator the command's glob names (an untrained one, of this test's size).
+    classifier_checkpoint("runs/lightning-gen/evaluator_digits-0/checkpoints/last.ckpt",
+                          image_shape=(1, 16, 16))
     args = agent_command(space, {"model.init_args.lr_g": 0.0007, "model.init_args.lr_d": 6e-05,
                                  "data.batch_size": 32})
     main(["fit", *args, "--trainer.max_steps", "2", "--trainer.accelerator", "cpu",
           "--model.init_args.g_width", "8", "--model.init_args.d_width", "8",
           "--data.image_size", "16", "--trainer.enable_progress_bar", "false",
-          "--images.every_n_epochs", "0"])
+          "--images.every_n_epochs", "0", "--metrics.num_samples", "64"])
     run = Path("runs/lightning-gen/r4nd0m1d")
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["init_args"]["lr_g"] == 0.0007
     assert config["data"]["init_args"]["batch_size"] == 32
     assert (run / "checkpoints/last.ckpt").is_file()
+    # The sweep's metric (what the agent reports to W&B) is in the run's summary.
+    summary = json.loads((run / "summary.json").read_text())
+    objective = yaml.safe_load(space.read_text())["metric"]["name"]
+    assert summary[objective]["protocol"] == "classifier-train-64"
+    assert math.isfinite(summary[objective]["last"]) and summary[objective]["last"] > 0

@@ -65,6 +65,13 @@ class GenerativeMetricsCallback(Callback):
         self.evaluator: GenerativeEvaluator | None = None
         self.last_metrics: dict[str, float] = {}
 
+    def check_datamodule(self, datamodule) -> None:
+        """Build the feature extractor before a fit's run folder and W&B run exist (the CLI
+        calls this first), so a missing classifier checkpoint or weights file is one line, not
+        a run folder left behind."""
+        if self.every_n_epochs > 0:
+            self.setup(None, None, "fit")  # type: ignore[arg-type]
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # Built once (extractor weights and torchmetrics states), not per evaluation.
         if self.evaluator is None:

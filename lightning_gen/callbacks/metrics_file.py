@@ -14,7 +14,7 @@
 
 ``<run>/summary.json`` holds ``{name: {"last", "last_step"[, "best", "best_step", "goal"]}}``
 for every logged scalar (``goal``: see :func:`goal_of`), rewritten atomically at each logging
-call that carries a value with a goal (``train/`` values alone: at most every 10 s) and when
+call that carries a non-``train/`` value with a goal, otherwise at most every 10 s, and when
 the trainer finishes or stops on an error. After a SIGKILL it may lag ``metrics.csv`` by those
 seconds of training values; a resumed run rebuilds it from ``metrics.csv``. Values of
 :class:`~lightning_gen.callbacks.GenerativeMetricsCallback` also name their ``protocol``
@@ -68,11 +68,19 @@ def goal_of(name: str) -> Literal["min", "max"] | None:
     for ``fid``, ``kid_mean`` and names containing ``loss``, ``nll`` or ``bits_per_dim``;
     ``max`` for ``is_mean``, ``elbo``, ``precision``, ``recall``, ``gan_test``, ``auroc``; else
     ``None`` (no best is kept).
+
+    A GAN's training terms (``d_*``, ``g_*``: ``train/d_loss``, ``train/g_loss``, penalties)
+    have no goal: each player's loss is measured against the other player, so a low
+    ``g_loss`` says the discriminator is weak, not that the samples are good (it is lowest when
+    D has failed), and a low ``d_loss`` that D wins. Runs are ranked by sample quality
+    (``metrics/fid``, ...), not by either player's loss.
     """
     leaf = name.rsplit("/", 1)[-1]
     for suffix in ("_step", "_epoch"):
         if leaf.endswith(suffix) and leaf != suffix:
             leaf = leaf[: -len(suffix)]
+    if leaf.startswith(("d_", "g_")):
+        return None
     if leaf in _MIN_NAMES or any(part in leaf for part in _MIN_PARTS):
         return "min"
     if leaf in _MAX_NAMES:
@@ -263,7 +271,10 @@ class MetricsFile(Callback):
         self._t0 = time.monotonic() - self._offset
         self._protocols = {}
         for callback in trainer.callbacks:
-            if isinstance(callback, GenerativeMetricsCallback):
+            # Not the CLI's --metrics callback while it is off: metrics/* values another
+            # callback logs are not of its protocol.
+            if isinstance(callback, GenerativeMetricsCallback) and getattr(
+                    callback, "enabled", True):
                 protocol = (metrics_protocol(callback), callback.prefix + "protocol")
                 self._protocols.update({callback.prefix + key: protocol for key in _QUALITY_KEYS})
 
@@ -294,18 +305,18 @@ class MetricsFile(Callback):
         writer = csv.writer(buffer, lineterminator="\n")
         if not self.path.is_file() or self.path.stat().st_size == 0:
             writer.writerow(HEADER)
-        improved, urgent, with_goal = [], False, False
+        improved, urgent, wrote = [], False, False
         for name, value in metrics.items():
             if name == "epoch" or isinstance(value, str) or not _is_number(value):
                 continue  # epoch is a column; only scalars are rows
             value = float(value)
             writer.writerow((step, epoch, g_steps, wall_time, name, repr(value)))
-            with_goal |= goal_of(name) is not None
+            wrote = True
             urgent |= goal_of(name) is not None and not name.startswith("train/")
             if self._summary.update(name, value, step):
                 improved.append(name)
         self._append(buffer.getvalue().encode())
-        if urgent or (with_goal and time.monotonic() - self._summary_written
+        if urgent or (wrote and time.monotonic() - self._summary_written
                       >= self.summary_every_s):
             self._write_summary()
         self._update_wandb(trainer, improved, [n for n in metrics if goal_of(n)])

@@ -22,9 +22,11 @@ from lightning_gen.callbacks.metrics import GenerativeMetricsCallback
 class TrainingMetrics(GenerativeMetricsCallback):
     """FID / IS / KID / precision-recall every ``every_n_epochs`` epochs; off when 0.
 
-    On, the extractor is built and the reference features are computed (or read from the
-    cache) when fitting starts, so a missing weights file, a wrong checkpoint or a reference
-    split smaller than ``num_samples`` stops the run before the first epoch, not after it.
+    On, the extractor is built before the CLI creates the run folder and W&B run (a missing
+    weights file or classifier checkpoint is one line and leaves nothing behind), and the
+    reference features are computed (or read from the cache) when fitting starts, so a
+    reference split smaller than ``num_samples`` stops the run before the first epoch, not
+    after it.
 
     Args:
         every_n_epochs: Interval in training epochs; 0 (default): off, also at ``test``.

@@ -21,6 +21,7 @@ Every extractor takes **uint8** images ``(B, C, H, W)`` (as torch-fidelity does;
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import sys
@@ -194,12 +195,31 @@ class InceptionExtractor(FeatureExtractor):
 # The suite's own domain classifier
 
 
+def classifier_checkpoint(spec: str) -> Path:
+    """The checkpoint ``spec`` names: a path, or the newest match of a glob
+    (``runs/lightning-gen/evaluator_digits-*/checkpoints/last.ckpt``). Raises
+    ``FileNotFoundError`` with a one-line message when there is none."""
+    path = Path(spec)
+    if not path.exists() and glob.has_magic(spec):
+        matches = sorted(glob.glob(spec), key=os.path.getmtime)
+        if not matches:
+            raise FileNotFoundError(f"no classifier checkpoint matches {spec!r}; train one with "
+                                    "lightning-gen fit --config experiments/evaluator_<data>.yaml")
+        path = Path(matches[-1])
+    if not path.is_file() and not path.is_dir():
+        raise FileNotFoundError(f"classifier checkpoint not found: {path}")
+    return path
+
+
 class ClassifierExtractor(FeatureExtractor):
     """Penultimate features and logits of a :class:`~lightning_gen.models.Classifier` checkpoint.
 
     Args:
         ckpt_path: A checkpoint written by ``lightning-gen fit --config
-            experiments/evaluator_<data>.yaml``.
+            experiments/evaluator_<data>.yaml``, or a glob of them
+            (``runs/lightning-gen/evaluator_digits-*/checkpoints/last.ckpt``: the newest match,
+            named in the output), so a command can name the evaluator's run without its time
+            stamp.
         trust_checkpoint: Load it even if it holds more than the suite's checkpoints do (see
             :mod:`lightning_gen.checkpoints`).
     """
@@ -211,9 +231,10 @@ class ClassifierExtractor(FeatureExtractor):
         from lightning_gen.checkpoints import hyper_parameters, load_checkpoint, resolve_class
         from lightning_gen.models.classifier import Classifier
 
-        path = Path(ckpt_path)
-        if not path.is_file() and not path.is_dir():
-            raise FileNotFoundError(f"classifier checkpoint not found: {path}")
+        path = classifier_checkpoint(ckpt_path)
+        if str(path) != ckpt_path:
+            print(f"lightning-gen: classifier extractor: {path} (newest match of {ckpt_path})",
+                  file=sys.stderr)
         ckpt = load_checkpoint(path, trust=trust_checkpoint)
         hparams = hyper_parameters(ckpt)
         # The class the checkpoint names is only checked (a Classifier subclass), never called
