@@ -275,13 +275,20 @@ def test_wandb_mode_disabled_writes_no_wandb_run(tmp_path, monkeypatch, capsys):
     """W&B's own switch: nothing under wandb/, no W&B line, and the setting survives the run
     (Lightning set WANDB_MODE=dryrun for an offline logger: the next run of the process, a
     sweep's next trial, was then recorded after all)."""
+    import wandb
+
     from lightning_gen.cli import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    for lr in LRS:  # two runs in one process
-        main([*FIT, "--model.init_args.lr_g", lr])
-        assert os.environ["WANDB_MODE"] == "disabled"
+    try:
+        for lr in LRS:  # two runs in one process
+            main([*FIT, "--model.init_args.lr_g", lr])
+            assert os.environ["WANDB_MODE"] == "disabled"
+    finally:
+        # W&B keeps the settings of its first setup for the whole process: a later test's
+        # offline run would be disabled too (and its run log never appear).
+        wandb.teardown()
     runs = sorted((tmp_path / "runs").glob("*/*"))
     assert len(runs) == 2 and all((run / "checkpoints/last.ckpt").is_file() for run in runs)
     assert not list(tmp_path.rglob("*.wandb")) and not list(tmp_path.rglob("wandb"))
