@@ -127,6 +127,31 @@ def test_gan_rows_are_what_wandb_received_with_epoch_and_g_steps():
     assert times == sorted(times) and times[0] >= 0
 
 
+@pytest.mark.parametrize("max_steps, last_step", [(10, 4), (20, 9)])
+def test_a_fit_shorter_than_the_logging_interval_logs_its_last_step(max_steps, last_step):
+    # 5 batches (10 optimizer steps), and 10 batches, with log_every_n_steps 10 (the YAML's):
+    # Lightning writes logs at batch 10 only, so the shorter run left no training values.
+    main(["fit", "--config", QUICKSTART, "--trainer.max_steps", str(max_steps), *FAST])
+    run = only_run_dir()
+    rows = read_rows(run / "metrics.csv")
+    assert {(r["step"], r["name"]) for r in rows} == {(last_step, n) for n in GAN_NAMES}
+    assert len(rows) == len(GAN_NAMES)  # once each, also where Lightning logs that step itself
+    received = wandb_scalars(wait_for_run_log(run / "wandb"))
+    assert triples(rows) == {(r["step"], k, v) for r in received for k, v in r.items()
+                             if k not in ("step", "epoch")}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["train/g_steps"] == {"last": last_step + 1.0, "last_step": last_step}
+
+
+def test_an_automatic_optimisation_fit_logs_its_last_step(tmp_path):
+    (tmp_path / "vae.yaml").write_text(VAE_YAML)
+    main(["fit", "--config", str(tmp_path / "vae.yaml"), "--trainer.max_steps", "2",
+          "--trainer.log_every_n_steps", "50", "--trainer.limit_val_batches", "0", *FAST])
+    rows = read_rows(only_run_dir() / "metrics.csv")
+    assert {r["name"] for r in rows} >= {"train/loss", "train/elbo", "train/kl"}
+    assert {r["step"] for r in rows} == {1}
+
+
 def test_validation_and_epoch_values_match_a_csv_logger_in_the_same_run(tmp_path):
     (tmp_path / "vae.yaml").write_text(VAE_YAML)
     main(["fit", "--config", str(tmp_path / "vae.yaml"), "--trainer.logger",

@@ -145,7 +145,17 @@ class GenerativeModel(L.LightningModule):
         self.__dict__.pop("_non_finite", None)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Check the losses for non-finite values where Lightning writes logs; at the fit's last
+        step, if Lightning would not write its logs there (a fit shorter than
+        ``log_every_n_steps``, a ``max_steps`` between two logging steps), write them as at a
+        logging step: a short run (a smoke test, ``--trainer.max_steps 10``) otherwise left no
+        training values at all in ``metrics.csv``, ``summary.json`` or W&B. Subclasses log
+        their step's values before calling this."""
         if self._logs_written_now():
+            self.check_finite()
+        elif self._last_step_of_fit(pending=0):
+            connector = self.trainer._logger_connector
+            connector.log_metrics(connector.metrics["log"])
             self.check_finite()
 
     def on_train_end(self) -> None:
@@ -174,8 +184,20 @@ class GenerativeModel(L.LightningModule):
             return True
         # Manual optimisation logs after its optimizer steps (global_step counts them already);
         # automatic optimisation logs in training_step, before its step.
-        pending = 1 if self.automatic_optimization else 0
-        return 0 < trainer.max_steps <= trainer.global_step + pending
+        return self._last_step_of_fit(pending=1 if self.automatic_optimization else 0)
+
+    def _last_step_of_fit(self, pending: int) -> bool:
+        """Whether this training step is the fit's last: ``max_steps`` reached (``pending``:
+        optimizer steps of this batch not yet counted in ``global_step``), or the last batch of
+        the last epoch."""
+        trainer = self._trainer
+        if trainer is None or not trainer.training:
+            return False
+        if 0 < trainer.max_steps <= trainer.global_step + pending:
+            return True
+        max_epochs = trainer.max_epochs
+        return (bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+                and max_epochs is not None and 0 < max_epochs <= trainer.current_epoch + 1)
 
     def log_terms(self, terms: dict[str, torch.Tensor],
                   losses: Iterable[str] = ("train/loss",)) -> None:

@@ -47,7 +47,8 @@ class InstanceNoiseDCGAN(DCGAN):
         return super().discriminate(x, labels)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)  # e.g. the base's EMA update
-        if self._logs_written_now():  # a CPU tensor: no host-to-device copy per step
+        if self.log_every_term_now():  # logging steps, and the fit's last step
+            # A CPU tensor: no host-to-device copy per step.
             self.log("train/instance_noise_std", torch.tensor(self.noise_level), on_step=True,
                      on_epoch=False)
+        super().on_train_batch_end(outputs, batch, batch_idx)  # after it: the base writes logs
