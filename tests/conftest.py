@@ -37,6 +37,8 @@ def _isolate_runs(tmp_path, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / ".wandb-config"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / ".wandb-cache"))
+    # The reference-feature cache too (its default is ~/.cache/lightning-gen/reference).
+    monkeypatch.setenv("LIGHTNING_GEN_CACHE", str(tmp_path / ".reference-cache"))
     # Temporary files of the code under test (benchmark work folders, wandb's media staging,
     # scripts' mktemp) go into a folder of pytest's, which pytest removes, not into /tmp.
     scratch = tmp_path_factory.mktemp("tmpdir")
