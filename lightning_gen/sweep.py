@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lightning_gen.callbacks.metrics_file import goal_of
+from lightning_gen.callbacks.metrics_file import goal_of, is_gan_player_term
 from lightning_gen.sweep_space import (
     Param,
     check_space_values,
@@ -104,10 +104,9 @@ def prepare(args: argparse.Namespace, extra: list[str]
     direction = args.direction or {"min": "minimize", "max": "maximize"}.get(
         goal_of(args.objective) or "")
     if direction is None:
-        leaf = args.objective.rsplit("/", 1)[-1]
         why = (" (a GAN player's loss: a low train/g_loss means a weak discriminator, not good "
                "samples; rank by metrics/fid with --metrics.every_n_epochs N)"
-               if leaf.startswith(("d_", "g_")) else "")
+               if is_gan_player_term(args.objective) else "")
         raise SweepError(f"--direction minimize|maximize: '{args.objective}' has no known goal"
                          + why)
     names, notes = logged_names(config)

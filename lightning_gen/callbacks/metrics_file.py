@@ -61,6 +61,20 @@ _MAX_NAMES = {"is_mean", "elbo", "precision", "recall", "gan_test", "auroc"}
 _QUALITY_KEYS = {"fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "gan_test"}
 
 
+def _leaf(name: str) -> str:
+    """The name's last part, Lightning's ``_step``/``_epoch`` suffixes removed."""
+    leaf = name.rsplit("/", 1)[-1]
+    for suffix in ("_step", "_epoch"):
+        if leaf.endswith(suffix) and leaf != suffix:
+            leaf = leaf[: -len(suffix)]
+    return leaf
+
+
+def is_gan_player_term(name: str) -> bool:
+    """Whether ``name`` is a GAN's training term (``d_*``, ``g_*``: ``train/d_loss``, ...)."""
+    return _leaf(name).startswith(("d_", "g_"))
+
+
 def goal_of(name: str) -> Literal["min", "max"] | None:
     """Whether smaller (``"min"``) or larger (``"max"``) values of ``name`` are better.
 
@@ -75,12 +89,9 @@ def goal_of(name: str) -> Literal["min", "max"] | None:
     D has failed), and a low ``d_loss`` that D wins. Runs are ranked by sample quality
     (``metrics/fid``, ...), not by either player's loss.
     """
-    leaf = name.rsplit("/", 1)[-1]
-    for suffix in ("_step", "_epoch"):
-        if leaf.endswith(suffix) and leaf != suffix:
-            leaf = leaf[: -len(suffix)]
-    if leaf.startswith(("d_", "g_")):
+    if is_gan_player_term(name):
         return None
+    leaf = _leaf(name)
     if leaf in _MIN_NAMES or any(part in leaf for part in _MIN_PARTS):
         return "min"
     if leaf in _MAX_NAMES:
