@@ -117,24 +117,34 @@ def prepare(args: argparse.Namespace, extra: list[str]
     if not names:
         print(f"lightning-gen: warning: {'; '.join(notes)}: --objective {args.objective} is "
               "checked when the first trial ends", file=sys.stderr)
-    check_extractors(config)
     return params, base, config, direction
 
 
-def check_extractors(config: dict) -> None:
-    """A ``classifier:`` feature extractor of the fit's metrics must name a checkpoint (or a glob
-    that matches one) before any trial starts, not fail every trial."""
+def check_extractors(config: dict) -> str | None:
+    """The checkpoint of the fit's ``classifier:`` feature extractor, resolved once for the whole
+    sweep (``None`` without one). It must exist (or a glob must match one) before any trial
+    starts, not fail every trial; a glob is resolved here, not by each trial, so every trial's
+    metrics are in one classifier's features even if a newer evaluator is trained meanwhile."""
+    import glob
+
     from lightning_gen.metrics.extractors import classifier_checkpoint
 
+    pinned = None
     for metric_args, where in metrics_sources(config):
         spec = str(metric_args.get("feature_extractor") or "")
         if int(metric_args.get("every_n_epochs") or 0) > 0 and spec.startswith("classifier:"):
+            option = ("--metrics.feature_extractor" if where.startswith("--metrics")
+                      else "trainer.callbacks")
             try:
-                classifier_checkpoint(spec.partition(":")[2])
+                path = classifier_checkpoint(spec.partition(":")[2])
             except FileNotFoundError as err:
-                option = ("--metrics.feature_extractor" if where.startswith("--metrics")
-                          else "trainer.callbacks")
                 raise SweepError(f"{option}: {err}") from None
+            if option == "--metrics.feature_extractor":
+                pinned = str(path)
+            elif glob.has_magic(spec.partition(":")[2]) and str(path) != spec.partition(":")[2]:
+                raise SweepError(f"trainer.callbacks: a sweep cannot hold the glob {spec!r} to "
+                                 "one checkpoint for all its trials; name the checkpoint")
+    return pinned
 
 
 class Sweep:
@@ -145,6 +155,7 @@ class Sweep:
 
         self.args, self.extra = args, extra
         self.params, self.base, self.config, self.direction = prepare(args, extra)
+        self.classifier = check_extractors(self.config)
         logger = (self.config.get("trainer") or {}).get("logger")
         self.logger_args = (logger.get("init_args") or {}) if isinstance(logger, dict) and str(
             logger.get("class_path")) == SUITE_LOGGER else None
@@ -188,14 +199,39 @@ class Sweep:
                           for p in self.params}}
         if not attrs:
             for key, value in {**mine, "config": self.args.config, "options": self.extra,
-                               "trials": self.args.trials}.items():
+                               "trials": self.args.trials, "classifier": self.classifier}.items():
                 self.study.set_user_attr(key, value)
+        else:
+            for key, value in mine.items():
+                if json.dumps(attrs.get(key), sort_keys=True) != json.dumps(value,
+                                                                            sort_keys=True):
+                    raise SweepError(f"study '{self.name}' ({self.storage_url}) was started "
+                                     f"with another {key} ({json.dumps(attrs.get(key))}); give "
+                                     "another --study_name for a new study")
+            self._keep_classifier(attrs.get("classifier"))
+        if self.classifier is not None:
+            # Every trial (in this worker, and in any worker or restart of this study) uses the
+            # one checkpoint: later --metrics.feature_extractor options win over earlier ones.
+            self.base = [*self.base, f"--metrics.feature_extractor=classifier:{self.classifier}"]
+            print(f"sweep {self.name}: classifier extractor for every trial: {self.classifier}",
+                  flush=True)
+
+    def _keep_classifier(self, started: str | None) -> None:
+        """A study's trials are ranked in one classifier's features: a worker joining it (or
+        the same command run again) uses the checkpoint the study started with, which its glob
+        may no longer pick (a newer evaluator), and refuses a checkpoint named otherwise."""
+        if started is None or self.classifier is None or started == self.classifier:
             return
-        for key, value in mine.items():
-            if json.dumps(attrs.get(key), sort_keys=True) != json.dumps(value, sort_keys=True):
-                raise SweepError(f"study '{self.name}' ({self.storage_url}) was started with "
-                                 f"another {key} ({json.dumps(attrs.get(key))}); give another "
-                                 "--study_name for a new study")
+        import glob
+
+        spec = str(self.config["metrics"]["feature_extractor"]).partition(":")[2]
+        if not (glob.has_magic(spec) and Path(started) in map(Path, glob.glob(spec))):
+            raise SweepError(f"study '{self.name}' ({self.storage_url}) ranks its trials in the "
+                             f"features of {started}, not {self.classifier}; give another "
+                             "--study_name for a new study")
+        print(f"sweep {self.name}: {spec} now also matches {self.classifier}; the study keeps "
+              f"{started}", flush=True)
+        self.classifier = started
 
     @contextmanager
     def lock(self):

@@ -251,6 +251,39 @@ def test_a_missing_evaluator_is_one_line_before_any_trial(capsys):
     assert not Path("runs/sweeps").exists()
 
 
+def test_a_classifier_glob_is_resolved_once_for_the_whole_study(capsys):
+    # Trials ranked in the features of different evaluators are not comparable: the glob
+    # resolves to the newest evaluator when the study starts, and a later run of the command
+    # (more trials, another worker) keeps that one though a newer evaluator now matches.
+    from tests.metrics_helpers import classifier_checkpoint
+
+    pattern = "runs/lightning-gen/evaluator_digits-*/checkpoints/last.ckpt"
+    first = classifier_checkpoint(pattern.replace("*", "0"), image_shape=(1, 16, 16))
+    args = [a if a != "train/g_loss" else "metrics/fid" for a in SWEEP]
+    args += ["--in_process", "true", "--trainer.max_steps", "2", "--metrics.every_n_epochs", "1",
+             "--metrics.num_samples", "32", "--metrics.feature_extractor", f"classifier:{pattern}"]
+    main(["sweep", *args, "--trials", "1"])
+    newer = classifier_checkpoint(pattern.replace("*", "1"), image_shape=(1, 16, 16), seed=1)
+    os.utime(newer, (time.time() + 60, time.time() + 60))  # newest, whatever the clock's grain
+    main(["sweep", *args, "--trials", "2"])
+    trials = study().trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for t in trials:
+        config = yaml.safe_load((Path(t.user_attrs["run_dir"]) / "config.yaml").read_text())
+        assert config["metrics"]["feature_extractor"] == f"classifier:{first}"
+    out = capsys.readouterr().out
+    assert out.count(f"classifier extractor for every trial: {first}") == 2
+    assert f"{pattern} now also matches {newer}; the study keeps {first}" in out
+    # Naming another checkpoint for the same study is refused in one line.
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", *args[:-1], f"classifier:{newer}", "--trials", "3"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"lightning-gen: error: study '{NAME}' ({STORAGE}) ranks its trials in the features of "
+        f"{first}, not {newer}; give another --study_name for a new study"]
+    assert len(study().trials) == 2
+
+
 def test_a_crashed_trial_fails_with_its_error_line_and_the_sweep_goes_on(capsys):
     # A value the parser takes but the model refuses when it is built: each trial fails.
     Path("bad.yaml").write_text("model.init_args.lr_g: {type: categorical, choices: [-0.1]}\n")
