@@ -171,3 +171,20 @@ def test_a_wandb_agent_run_is_a_fit_in_the_agents_run_folder(wandb_agent_env):
     objective = yaml.safe_load(space.read_text())["metric"]["name"]
     assert summary[objective]["protocol"] == "classifier-train-64"
     assert math.isfinite(summary[objective]["last"]) and summary[objective]["last"] > 0
+
+
+def test_a_classifier_glob_in_trainer_callbacks_is_refused_and_a_path_is_kept(tmp_path):
+    # A sweep pins a --metrics glob on every trial's command line; one inside trainer.callbacks
+    # cannot be pinned there, so each trial would resolve it again: refused in one line.
+    from lightning_gen.sweep import SweepError, check_extractors
+
+    ckpt = classifier_checkpoint(tmp_path / "evaluator-0/last.ckpt", image_shape=(1, 16, 16))
+    pattern = str(tmp_path / "evaluator-*/last.ckpt")
+    callback = {"class_path": "lightning_gen.callbacks.GenerativeMetricsCallback",
+                "init_args": {"every_n_epochs": 1, "feature_extractor": f"classifier:{pattern}"}}
+    with pytest.raises(SweepError, match=r"^trainer.callbacks: a sweep cannot hold the glob"):
+        check_extractors({"trainer": {"callbacks": [callback]}})
+    callback["init_args"]["feature_extractor"] = f"classifier:{ckpt}"
+    assert check_extractors({"trainer": {"callbacks": [callback]}}) is None
+    assert check_extractors({"metrics": {"every_n_epochs": 1, "feature_extractor":
+                                         f"classifier:{pattern}"}}) == str(ckpt)
