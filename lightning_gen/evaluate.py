@@ -55,6 +55,7 @@ from lightning_gen.outputs import (
     remove_old_samples,
 )
 from lightning_gen.protocols import (
+    PROTOCOLS,
     ProtocolRun,
     SpreadEvaluator,
     cli_defaults,
@@ -217,7 +218,7 @@ def evaluate(
     ckpt_path: str,
     run_config: str | None = None,
     num_samples: int = 50_000,
-    reference: str = "train",
+    reference: str | None = None,
     feature_extractor: str = "inception",
     weights_path: str | None = None,
     batch_size: int = 100,
@@ -269,7 +270,9 @@ def evaluate(
             data, the checkpoint's hyperparameters for the model. (``--config`` is jsonargparse's
             file of options for this command.)
         num_samples: Generated samples (50,000 in the papers).
-        reference: Real split to compare with (``train`` or ``test``; ``val`` for CelebA).
+        reference: Real split to compare with: ``train`` or ``test`` (``val`` for CelebA);
+            default: train. Image-to-image models: test, the split of the pairs they are
+            scored on (another split is refused).
         feature_extractor: ``inception`` (torch-fidelity's Inception-v3), ``vgg16``
             (precision/recall's space), ``clip-vit-b-32`` (CLIP-FID), ``dinov2-vit-l-14``
             (FD-DINOv2), each optionally ``<name>:<weights file or hub folder>``; or
@@ -332,6 +335,10 @@ def evaluate(
             ``squeeze``.
     """
     run_protocol = ProtocolRun.of(locals())  # first: the arguments as given and preset
+    # None: the default, told apart from an explicit split (paired models take only "test").
+    explicit_reference = reference
+    if reference is None:
+        reference = run_protocol.settings["reference"] = "train"
     _check_num_samples(num_samples, isc_splits)
     if parzen:
         check_parzen_options(parzen_samples, parzen_val_images)
@@ -368,7 +375,7 @@ def evaluate(
             if getattr(model, "paired_eval", None) is not None:  # image-to-image: PSNR/SSIM/...
                 _check_paired_options(model, parzen=parzen, neighbours=neighbours,
                                       mode_coverage=mode_coverage, seeds=seeds,
-                                      reference=reference)
+                                      reference=explicit_reference, protocol=run_protocol.name)
                 result = _evaluate_paired(model, datamodule, feature_extractor, weights_path,
                                           trust_checkpoint, lpips_weights, lpips_net,
                                           num_samples, batch_size, seed, fabric,
@@ -473,18 +480,21 @@ def _evaluate_model(model, datamodule, evaluator, ckpt_path, feature_extractor, 
 
 
 def _check_paired_options(model, *, parzen: bool, neighbours: int, mode_coverage: bool,
-                          seeds: int, reference: str) -> None:
+                          seeds: int, reference: str | None, protocol: str | None) -> None:
     """Refuse, in one line, the sampling-only options a paired model cannot honour (it is scored
-    on the test pairs, not by sampling), instead of ignoring them."""
-    given = [flag for flag, on in (("--parzen", parzen), (f"--neighbours {neighbours}", neighbours),
-                                   ("--mode_coverage", mode_coverage),
-                                   (f"--seeds {seeds}", seeds > 1),
-                                   (f"--reference {reference}", reference not in ("train", "test")))
-             if on]
+    on the test pairs, not by sampling), instead of ignoring them. ``reference`` is the split
+    given explicitly (``None``: the default); a ``protocol`` preset is a benchmark of sample
+    metrics, so its split is not reported as the user's."""
+    preset_split = PROTOCOLS[protocol].settings.get("reference") if protocol else None
+    given = [flag for flag, on in (
+        (f"--protocol {protocol}", protocol is not None),
+        ("--parzen", parzen), (f"--neighbours {neighbours}", neighbours),
+        ("--mode_coverage", mode_coverage), (f"--seeds {seeds}", seeds > 1),
+        (f"--reference {reference}", reference not in (None, "test", preset_split))) if on]
     if given:
         raise ValueError(f"{', '.join(given)}: not available for {type(model).__name__}, an "
-                         "image-to-image model scored on the test pairs (PSNR, SSIM, LPIPS); "
-                         "drop these options")
+                         "image-to-image model scored on the test pairs (PSNR, SSIM, LPIPS; "
+                         "--reference test or none); drop these options")
 
 
 def _evaluate_paired(model, datamodule, feature_extractor, weights_path, trust_checkpoint,

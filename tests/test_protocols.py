@@ -75,9 +75,9 @@ def test_explicit_options_beat_the_preset_even_at_their_default_value(tmp_path):
     config.write_text(yaml.safe_dump({"protocol": "studiogan", "reference": "train"}))
     args = parsed(["evaluate", "--config", str(config), "--ckpt_path", "x.ckpt"])
     assert (args.protocol, args.num_samples, args.reference) == ("studiogan", 10_000, "train")
-    # No protocol: evaluate's own defaults.
+    # No protocol: evaluate's own defaults (reference None: train, or test for paired models).
     args = parsed(["evaluate", "--ckpt_path", "x.ckpt"])
-    assert (args.num_samples, args.reference, args.protocol) == (50_000, "train", None)
+    assert (args.num_samples, args.reference, args.protocol) == (50_000, None, None)
 
     # In Python: the keywords the caller passed win, whatever their value.
     @with_protocol
