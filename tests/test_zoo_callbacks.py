@@ -101,10 +101,15 @@ def test_outlier_score_auroc_matches_scikit_learn(offset):
     trainer = type("T", (), {"datamodule": Data([(x[:25], y[:25]), (x[25:], y[25:])]),
                              "loggers": [], "global_step": 0, "current_epoch": 0,
                              "default_root_dir": ".", "is_global_zero": True})()
-    cb = OutlierAUROCCallback(outlier_class=2, num_show=4)
+    cb = OutlierAUROCCallback(outlier_class=2, num_show=32)
+    grids = []
+    cb.log_grid = lambda trainer, name, grid, layout: grids.append(grid)
     cb.run(trainer, Stub())
     expected = roc_auc_score((y == 2).numpy(), x.flatten(1).mean(1).numpy())
     assert expected > 0.7 and abs(cb.auroc - expected) < 1e-6
+    # The 32 highest scores fill a grid of 8 x 4 images of 2x2 pixels (2-pixel padding), not
+    # 5 per row with a last row of 2.
+    assert grids[0].shape[1:] == (2 + 4 * 4, 2 + 8 * 4)
 
 
 def test_a_conditional_model_keeps_one_class_per_row():

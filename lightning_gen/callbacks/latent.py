@@ -328,11 +328,19 @@ class OutlierAUROCCallback(_PeriodicCallback):
         top = scores.argsort(descending=True)[: self.num_show]
         held_out = [i + 1 for i, t in enumerate(targets[top].tolist()) if t]
         self.log_grid(trainer, "outliers_highest_error",
-                      image_grid(torch.cat(images)[top], int(math.sqrt(self.num_show)) or 1),
+                      image_grid(torch.cat(images)[top], grid_columns(len(top))),
                       f"the {len(top)} test images of highest outlier score, highest first, row "
                       f"by row; {len(held_out)} of them of the held-out class "
                       f"{self.outlier_class} (positions {_ranges(held_out)}); outlier/auroc "
                       f"{self.auroc:.3f}")
+
+
+def grid_columns(n: int) -> int:
+    """Images per row for a grid of ``n``: the smallest divisor of ``n`` from ``ceil(sqrt(n))`` up
+    to twice that, so every row is full (32 -> 8 x 4, not 5 per row and a last row of 2);
+    ``ceil(sqrt(n))`` where there is none (a prime ``n``)."""
+    side = math.isqrt(n - 1) + 1 if n > 0 else 1
+    return next((d for d in range(side, 2 * side + 1) if n % d == 0), side)
 
 
 def _ranges(positions: list[int]) -> str:
