@@ -38,6 +38,9 @@ METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "reca
            "test_bits_per_dim", "parzen_ll_nats", "parzen_ll_stderr", "parzen_sigma",
            "memorization_fraction", "memorization_fraction_pixels", "nn_distance_median",
            "nn_distance_median_pixels", "modes_covered", "mode_kl", "psnr", "ssim", "lpips")
+# Computed on the test split, not from the samples: a sample protocol does not name them.
+LIKELIHOOD_METRICS = ("test_elbo_nats", "test_iwae_nats", "test_nll_nats", "test_bits_per_dim",
+                      "parzen_ll_nats", "parzen_ll_stderr", "parzen_sigma")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,7 +149,12 @@ def metric_values(result: dict) -> dict[str, float]:
     return {k: float(result[k]) for k in METRICS if isinstance(result.get(k), (int, float))}
 
 
-def make_row(ckpt: Checkpoint, protocol: str, result: dict) -> dict:
+def make_row(ckpt: Checkpoint, protocol: str, result: dict,
+             keys: Iterable[str] | None = None) -> dict:
+    """The results.jsonl row of ``result``'s metrics (only ``keys`` when given)."""
+    metrics = metric_values(result)
+    if keys is not None:
+        metrics = {k: v for k, v in metrics.items() if k in set(keys)}
     return {
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "protocol": protocol,
@@ -154,7 +162,7 @@ def make_row(ckpt: Checkpoint, protocol: str, result: dict) -> dict:
         "step": ckpt.step,
         "global_step": ckpt.global_step,
         "epoch": ckpt.epoch,
-        "metrics": metric_values(result),
+        "metrics": metrics,
         "json_path": result.get("json_path"),
     }
 
@@ -227,33 +235,41 @@ def wandb_settings(run: Path) -> dict | None:
 class RunRecorder:
     """Appends each evaluation to its run's ``results.jsonl`` and W&B run; one W&B run is open
     at a time (a sweep over one run's checkpoints opens it once). Use as a context manager;
-    ``lines`` says where the values went."""
+    ``lines`` says where the values went.
+
+    A result's metrics are filed under ``result["results_protocols"]`` (``{name: [metric,
+    ...]}``, one row per name) when it has them, else all under ``protocol``."""
 
     def __init__(self, protocol: str) -> None:
         self.protocol = protocol
         self.lines: list[str] = []
         self._run: Path | None = None
         self._wandb = None
+        self._protocols: dict[str, None] = {}  # names sent to the open W&B run, in order
 
-    def record(self, ckpt: Checkpoint, result: dict) -> dict | None:
+    def record(self, ckpt: Checkpoint, result: dict) -> list[dict] | None:
         run = ckpt.run
         if run is None:
             self._note(f"Not in a run folder ({ckpt.path}): results only in the JSON, no "
                        "results.jsonl, no W&B run")
             return None
-        row = make_row(ckpt, self.protocol, result)
-        results = append_row(run / "eval" / RESULTS, row)
+        filing = result.get("results_protocols") or {self.protocol: None}
+        rows = [make_row(ckpt, name, result, keys) for name, keys in filing.items()]
+        for row in rows:
+            results = append_row(run / "eval" / RESULTS, row)
         self._note(f"Results:     {results}")
         if run != self._run:
             self._finish()
             self._run = run
             self._start(run)
         if self._wandb is not None:
-            values = {f"eval/{self.protocol}/{k}": v for k, v in row["metrics"].items()}
-            if row["step"] is not None:
-                values["trainer/global_step"] = row["step"]
+            values = {f"eval/{row['protocol']}/{k}": v for row in rows
+                      for k, v in row["metrics"].items()}
+            if rows[0]["step"] is not None:
+                values["trainer/global_step"] = rows[0]["step"]
             self._wandb.log(values)
-        return row
+            self._protocols.update(dict.fromkeys(row["protocol"] for row in rows))
+        return rows
 
     def _note(self, line: str) -> None:
         if line not in self.lines:
@@ -294,13 +310,18 @@ class RunRecorder:
             return
         run, wb = self._run, self._wandb
         self._wandb = None
-        rows = [r for r in read_rows(run / "eval" / RESULTS) if r.get("protocol") == self.protocol]
-        if rows:  # summary: the latest-step checkpoint's values (latest evaluation on ties)
+        every = read_rows(run / "eval" / RESULTS)
+        for protocol in self._protocols or [self.protocol]:
+            rows = [r for r in every if r.get("protocol") == protocol]
+            if not rows:
+                continue
+            # summary: the latest-step checkpoint's values (latest evaluation on ties)
             latest = max(enumerate(rows), key=lambda ir: (ir[1].get("step") is not None,
                                                          ir[1].get("step") or 0, ir[0]))[1]
             for key, value in latest["metrics"].items():
-                wb.summary[f"eval/{self.protocol}/{key}"] = value
-            wb.summary[f"eval/{self.protocol}/step"] = latest.get("step")
+                wb.summary[f"eval/{protocol}/{key}"] = value
+            wb.summary[f"eval/{protocol}/step"] = latest.get("step")
+        self._protocols = {}
         offline = wb.offline
         url = None if offline else getattr(wb, "url", None)
         wb.finish()

@@ -365,8 +365,7 @@ def evaluate(
     fabric = _fabric(accelerator, devices)
     evaluator, done = None, []
     rank0 = fabric.global_rank == 0
-    with RunRecorder(protocol_name(kind, reference, num_samples,
-                                   run_protocol.name if run_protocol.exact else None)) as recorder:
+    with RunRecorder(protocol_name(kind, reference, num_samples)) as recorder:
         bar = tqdm(checkpoints, desc="checkpoints", unit="ckpt",
                    disable=single or not progress or not rank0)
         for ckpt in bar:
@@ -380,11 +379,11 @@ def evaluate(
                                           trust_checkpoint, lpips_weights, lpips_net,
                                           num_samples, batch_size, seed, fabric,
                                           progress and single, ckpt.path)
-                recorder.protocol = protocol_name(result["feature_extractor_spec"], "test",
-                                                  result["num_samples"])
+                generic = protocol_name(result["feature_extractor_spec"], "test",
+                                        result["num_samples"])
                 paired = result
             else:
-                paired = None
+                paired, generic = None, protocol_name(kind, reference, num_samples)
                 _check_sample_count(num_samples, isc_splits)
                 if evaluator is None:  # one extractor and one reference for every checkpoint
                     extractor = build_extractor(feature_extractor, weights_path, trust_checkpoint)
@@ -413,10 +412,12 @@ def evaluate(
             result["elapsed_s"] = round(time.perf_counter() - started, 2)
             # The code behind the numbers (torch-fidelity's features and formulas, the device).
             result["versions"] = versions(device=fabric.device, world_size=fabric.world_size)
-            # The name the numbers are filed under (results.jsonl, W&B eval/<name>/...): the
-            # preset's when all its settings held, else <extractor>-<split>-<n>. ("protocol"
-            # is the --protocol preset asked for, null without one.)
-            result["results_protocol"] = recorder.protocol
+            # The names the numbers are filed under (results.jsonl, W&B eval/<name>/...): the
+            # preset's for the metrics it defines when all its settings held, else
+            # <extractor>-<split>-<n>; "results_protocol" is the first (the sample metrics'
+            # when there are any). ("protocol" is the --protocol preset asked for, or null.)
+            result["results_protocols"] = run_protocol.filing(result, generic)
+            result["results_protocol"] = next(iter(result["results_protocols"]))
             if rank0:
                 path = json_path(ckpt, paired)
                 if paired is not None:  # named only now: checked as the generic name was

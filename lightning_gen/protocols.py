@@ -25,18 +25,42 @@ from typing import Any
 
 import numpy as np
 
-from lightning_gen.eval_records import METRICS, SweepEvaluator, protocol_name
+from lightning_gen.eval_records import (
+    LIKELIHOOD_METRICS,
+    METRICS,
+    SweepEvaluator,
+    metric_values,
+    protocol_name,
+)
+
+#: The metrics of sampled evaluation (all but the test-split likelihoods and paired scores).
+SAMPLE_METRICS = tuple(k for k in METRICS
+                       if k not in LIKELIHOOD_METRICS and k not in ("psnr", "ssim", "lpips"))
+#: The settings that fix the samples' protocol (``<extractor>-<reference>-<N>``).
+SAMPLE_SETTINGS = ("num_samples", "reference", "feature_extractor")
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """A benchmark's evaluation settings: ``settings`` are keyword arguments of ``evaluate``."""
+    """A benchmark's evaluation settings: ``settings`` are keyword arguments of ``evaluate``.
+
+    ``metrics``: the result keys it defines, which results.jsonl and W&B file under its name
+    (every other metric keeps the name of the settings it was measured with); ``None``: the
+    sample metrics when ``settings`` fix the samples' protocol (:data:`SAMPLE_SETTINGS`), else
+    none."""
 
     name: str
     settings: Mapping[str, Any]
     summary: str  # what it measures, one line (docs table, README cells)
     source: str  # where the protocol is defined / used
     notes: str = ""
+    metrics: tuple[str, ...] | None = None
+
+    def names(self) -> tuple[str, ...]:
+        """The metrics filed under this protocol's name when all its settings are in effect."""
+        if self.metrics is not None:
+            return self.metrics
+        return SAMPLE_METRICS if all(k in self.settings for k in SAMPLE_SETTINGS) else ()
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
@@ -70,27 +94,30 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
         "Inception Score of 50,000 samples in 10 splits (Salimans et al. 2016)",
         "https://arxiv.org/abs/1606.03498",
         "The IS of the GAN papers of 2016-2018 (e.g. WGAN-GP); the reference split does not "
-        "enter the IS."),
+        "enter the IS.", metrics=("is_mean", "is_std")),
     Protocol(
         "parzen-mnist",
         {"parzen": True, "parzen_samples": 10_000},
         "Gaussian Parzen-window log-likelihood of the MNIST test set from 10,000 samples",
         "Goodfellow et al. 2014 (https://arxiv.org/abs/1406.2661), after Breuleux et al. 2011",
         "sigma chosen by cross-validation on held-out data; nats per test image, +- standard "
-        "error over the test images."),
+        "error over the test images.",
+        metrics=("parzen_ll_nats", "parzen_ll_stderr", "parzen_sigma")),
     Protocol(
         "binarized-mnist-iwae",
         {"iw_samples": 5000},
         "IWAE bound with k = 5,000 importance samples on the binarized MNIST test set",
         "Burda et al. 2016 (https://arxiv.org/abs/1509.00519)",
-        "The data's binarization is the run's data setting, not an evaluate option."),
+        "The data's binarization is the run's data setting, not an evaluate option.",
+        metrics=("test_elbo_nats", "test_iwae_nats")),
     Protocol(
         "exact-test-nll",
         {},
         "exact test-set negative log-likelihood (autoregressive models)",
         "van den Oord et al. 2016 (https://arxiv.org/abs/1601.06759)",
         "Sets nothing: an exact likelihood of the whole test split does not depend on evaluate's "
-        "settings; named so published rows can say how they were measured."),
+        "settings; named so published rows can say how they were measured.",
+        metrics=("test_nll_nats", "test_bits_per_dim")),
 ]}
 
 
@@ -206,19 +233,39 @@ class ProtocolRun:
             out["protocol_overrides"] = dict(self.overrides)
         return out
 
+    def filing(self, result: dict, generic: str) -> dict[str, list[str]]:
+        """The names ``result``'s metrics are filed under in results.jsonl and W&B,
+        ``{name: [metric, ...]}``: the named protocol's for the metrics it defines
+        (:meth:`Protocol.names`) when all its settings are in effect, ``generic``
+        (``<extractor>-<split>-<N>``) for the others. (A likelihood protocol does not name
+        the FID of whatever samples were drawn beside it, nor inception-score-50k an FID
+        whose reference split it does not fix.)"""
+        named = set(PROTOCOLS[self.name].names()) if self.exact and self.name in PROTOCOLS else ()
+        out: dict[str, list[str]] = {}
+        for key in metric_values(result):
+            out.setdefault(self.name if key in named else generic, []).append(key)
+        return out or {generic: []}
+
 
 def protocol_line(result: dict) -> str:
     """The protocol of an evaluate result, for its table: ``pytorch-gan-collections
     (inception-train-50000)``, ``inception-train-40 (pytorch-gan-collections with
-    num_samples=40)``, or ``classifier-test-1000`` when none was named."""
+    num_samples=40)``, ``classifier-test-100; exact-test-nll: test_nll_nats,
+    test_bits_per_dim`` (a protocol that names some of the metrics), or
+    ``classifier-test-1000`` when none was named."""
     kind = str(result.get("feature_extractor_spec", "")).partition(":")[0]
     generic = protocol_name(kind, result["reference"]["split"], result["num_samples"])
     name, overrides = result.get("protocol"), result.get("protocol_overrides")
     if name is None:
         return generic
-    if not overrides:
+    if overrides:
+        return f"{generic} ({name} with {', '.join(f'{k}={v}' for k, v in overrides.items())})"
+    filing = result.get("results_protocols") or {name: []}
+    if list(filing) == [name]:
         return f"{name} ({generic})"
-    return f"{generic} ({name} with {', '.join(f'{k}={v}' for k, v in overrides.items())})"
+    if name not in filing:
+        return f"{generic} ({name} defines none of these metrics)"
+    return f"{generic}; {name}: {', '.join(filing[name])}"
 
 
 def metric_lines(rows: list[tuple[str, str]], result: dict) -> list[str]:

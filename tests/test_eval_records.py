@@ -113,6 +113,29 @@ def test_evaluate_appends_a_row_and_sends_the_values_to_the_runs_wandb_run(train
     assert f"W&B offline run: {log.parent}" in out and f"wandb sync {log.parent}" in out
 
 
+def test_a_protocol_naming_some_metrics_files_them_apart_in_wandb(trained, run, monkeypatch):
+    # A protocol that defines only the IS (as inception-score-50k, which fixes no reference
+    # split) names the IS; the FID keeps its own protocol, in results.jsonl and in W&B alike.
+    from lightning_gen.protocols import PROTOCOLS, Protocol
+
+    clf = f"classifier:{trained['classifier']}"
+    monkeypatch.setitem(PROTOCOLS, "tiny-is", Protocol(
+        "tiny-is", {"num_samples": 40, "feature_extractor": clf, "isc_splits": 4}, "", "",
+        metrics=("is_mean", "is_std")))
+    before = segments(run)
+    evaluate(run / "checkpoints" / "last.ckpt", trained["classifier"], "--protocol", "tiny-is")
+    fid_row, is_row = read_rows(run / "eval" / "results.jsonl")
+    assert (fid_row["protocol"], is_row["protocol"]) == (PROTOCOL, "tiny-is")
+    log = new_segment_log(run, before)
+    final = summary(log)
+    assert final[f"eval/{PROTOCOL}/fid"] == pytest.approx(fid_row["metrics"]["fid"])
+    assert final["eval/tiny-is/is_mean"] == pytest.approx(is_row["metrics"]["is_mean"])
+    assert "eval/tiny-is/fid" not in final and f"eval/{PROTOCOL}/is_mean" not in final
+    assert final["eval/tiny-is/step"] == final[f"eval/{PROTOCOL}/step"] == 2
+    (logged,) = [r for r in history(log) if "eval/tiny-is/is_mean" in r]
+    assert logged[f"eval/{PROTOCOL}/fid"] == pytest.approx(fid_row["metrics"]["fid"])
+
+
 def test_run_dir_evaluates_every_snapshot_in_step_order(trained, run, capsys, monkeypatch):
     # The extractor is built, and the real images' features extracted, once for all snapshots.
     import lightning_gen.evaluate as evaluate_module

@@ -167,3 +167,42 @@ def test_a_protocol_end_to_end_into_the_json_results_and_table(tmp_path, capsys,
         "protocol"] == "classifier-test-40"
     assert plain["fid"] == pytest.approx(result["fid"], rel=1e-6)  # the same settings
     assert json.loads((tmp_path / "tiny.json").read_text())["fid"] == result["fid"]
+
+
+def test_a_protocol_names_only_the_metrics_it_defines(tmp_path, capsys, monkeypatch):
+    # `--protocol exact-test-nll` (it sets nothing) filed a DCGAN's classifier FID of 40 test
+    # samples, and of 20 training samples, under eval/exact-test-nll/fid: incomparable numbers
+    # under one W&B key. A protocol now names the metrics it defines; the rest keep the name of
+    # the settings they were measured with.
+    tiny = make_run(tmp_path)
+    clf = f"classifier:{tiny['classifier']}"
+    args = evaluate_args(tiny["ckpt"], tmp_path / "cache", "--feature_extractor", clf,
+                         "--isc_splits", "4", "--num_samples", "40", "--reference", "test")
+    result = run_evaluate(tmp_path / "nll.json", *args, "--protocol", "exact-test-nll")
+    (row,) = read_rows(tiny["run"] / "eval" / "results.jsonl")
+    assert row["protocol"] == result["results_protocol"] == "classifier-test-40"
+    assert result["results_protocols"] == {"classifier-test-40": list(row["metrics"])}
+    assert "classifier-test-40 (exact-test-nll defines none of these metrics)" in (
+        capsys.readouterr().out)
+
+    assert PROTOCOLS["exact-test-nll"].names() == ("test_nll_nats", "test_bits_per_dim")
+    assert PROTOCOLS["inception-score-50k"].names() == ("is_mean", "is_std")
+    assert "fid" in PROTOCOLS["studiogan"].names()
+    assert "test_iwae_nats" not in PROTOCOLS["studiogan"].names()
+    nll = {"fid": 3.0, "test_nll_nats": 80.0, "test_bits_per_dim": 0.15}
+    assert ProtocolRun.of({"protocol": "exact-test-nll"}).filing(nll, "classifier-test-40") == {
+        "classifier-test-40": ["fid"], "exact-test-nll": ["test_nll_nats", "test_bits_per_dim"]}
+
+    # A protocol of the IS alone (as inception-score-50k: no reference split) names the IS;
+    # the FID, whose reference it does not fix, keeps <extractor>-<split>-<N>: two rows.
+    monkeypatch.setitem(PROTOCOLS, "tiny-is", Protocol(
+        "tiny-is", {"num_samples": 40, "feature_extractor": clf, "isc_splits": 4}, "", "",
+        metrics=("is_mean", "is_std")))
+    result = run_evaluate(tmp_path / "is.json", *args, "--protocol", "tiny-is")
+    fid_row, is_row = read_rows(tiny["run"] / "eval" / "results.jsonl")[1:]
+    assert fid_row["protocol"] == "classifier-test-40" and "is_mean" not in fid_row["metrics"]
+    assert fid_row["metrics"]["fid"] == result["fid"]
+    assert is_row["protocol"] == "tiny-is"
+    assert is_row["metrics"] == {"is_mean": result["is_mean"], "is_std": result["is_std"]}
+    assert result["results_protocols"]["tiny-is"] == ["is_mean", "is_std"]
+    assert "classifier-test-40; tiny-is: is_mean, is_std" in capsys.readouterr().out
