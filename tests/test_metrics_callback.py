@@ -44,7 +44,7 @@ def test_callback_logs_metrics_at_epoch_end_and_test(tmp_path):
     assert float(trainer.callback_metrics["test/elbo"]) < 0  # the model's own test step ran too
 
 
-def test_callback_under_two_process_ddp_equals_one_process(tmp_path):
+def test_callback_under_two_process_ddp_equals_one_process(tmp_path, capfd):
     ckpt = classifier_checkpoint(tmp_path / "clf.ckpt")
     options = dict(batch_size=16, cache_dir=str(tmp_path / "cache"), kid_subset_size=32,
                    isc_splits=4)
@@ -61,7 +61,11 @@ def test_callback_under_two_process_ddp_equals_one_process(tmp_path):
                         limit_test_batches=1, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[callback],
                         default_root_dir=tmp_path)
+    capfd.readouterr()
     trainer.test(model, datamodule)
+    # The values are the same on every rank (gathered features): no advice to reduce them,
+    # which Lightning printed nine times per evaluation.
+    assert "It is recommended to use `self.log('metrics/" not in capfd.readouterr().err
     for key in KEYS:  # 3 batches of 16 samples: rank 0 draws two, rank 1 one
         assert float(trainer.callback_metrics[f"metrics/{key}"]) == pytest.approx(
             direct[key], rel=1e-5, abs=1e-7), key

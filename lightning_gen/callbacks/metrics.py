@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from lightning_gen.metrics.evaluator import GenerativeEvaluator
 from lightning_gen.metrics.extractors import build_extractor
@@ -73,6 +77,13 @@ class GenerativeMetricsCallback(Callback):
             self.setup(None, None, "fit")  # type: ignore[arg-type]
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # The values are computed from features gathered over all ranks, the same on each, so
+        # they are logged without a reduction; Lightning's advice to add sync_dist=True, nine
+        # lines at every evaluation of a DDP run, would only cost an all-reduce. Here, not in
+        # __init__: every process (ddp_spawn unpickles the callback) sets up the callback.
+        warnings.filterwarnings(
+            "ignore", category=PossibleUserWarning,
+            message=rf"It is recommended to use `self\.log\('{re.escape(self.prefix)}")
         # Built once (extractor weights and torchmetrics states), not per evaluation.
         if self.evaluator is None:
             self.evaluator = GenerativeEvaluator(build_extractor(*self.spec), **self.options)
