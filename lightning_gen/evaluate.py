@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -668,6 +669,77 @@ def sample(
         remove_old_samples(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        with _stopped_by_sigterm():
+            _write_samples(model, folder, created, written, fabric, num_samples, batch_size, seed,
+                           class_label, npz, progress)
+    except KeyboardInterrupt as err:
+        # A partial set would pass for a whole one (`fidelity --input1 DIR`): none is left.
+        images = sum(1 for path in written if path.suffix == ".png" and path.is_file())
+        for path in written:
+            path.unlink(missing_ok=True)
+        for tmp in folder.glob(".[0-9]*.png.tmp"):
+            tmp.unlink(missing_ok=True)
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise Interrupted(
+            f"sample stopped by {getattr(err, 'signal_name', 'SIGINT')} after {images} of "
+            f"{num_samples} samples; removed them from {folder} (an incomplete set is not "
+            "left behind): run it again", getattr(err, "exit_code", 130)) from None
+    print(f"Wrote {num_samples} samples to {folder}", flush=True)
+    return folder
+
+
+class Interrupted(Exception):
+    """A command stopped by Ctrl-C / SIGTERM: one line for the user, and the exit status."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Terminated(KeyboardInterrupt):
+    signal_name, exit_code = "SIGTERM", 143
+
+
+class _stopped_by_sigterm:
+    """SIGTERM (``timeout``, a scheduler) raises :class:`_Terminated` as Ctrl-C raises
+    KeyboardInterrupt, so the cleanup of an interrupted command runs for both (main thread
+    only; the previous handler is restored)."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            def stop(signum, frame):
+                raise _Terminated()
+
+            self._previous = signal.signal(signal.SIGTERM, stop)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _save_png(image: np.ndarray, path: Path) -> None:
+    """``path`` appears whole or not at all: written to a hidden temporary name beside it (not
+    matched by ``*.png``), then renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _write_samples(model, folder: Path, created: bool, written: list[Path], fabric,
+                   num_samples: int, batch_size: int, seed: int, class_label: int | None,
+                   npz: bool, progress: bool) -> None:
+    """The sample loop of :func:`sample`; every file it writes is appended to ``written``."""
+    conditional = is_conditional(model)
     arrays, all_labels = [], []
     fork = [fabric.device] if fabric.device.type == "cuda" else []
     for b in tqdm(range(math.ceil(num_samples / batch_size)), desc="sampling", disable=not progress):
@@ -688,13 +760,15 @@ def sample(
                 raise ValueError(_cannot_sample(model, err)) from err
             images = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
         for i, image in zip(range(start, end), images, strict=True):
-            pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-            pil.save(folder / f"{i:06d}.png")
+            written.append(folder / f"{i:06d}.png")
+            _save_png(image, written[-1])
         if npz:
             arrays.append(images)
     if all_labels:
         labels = torch.cat(all_labels).numpy()
-        (folder / "labels.txt").write_text("\n".join(str(int(y)) for y in labels) + "\n")
+        text = "\n".join(str(int(y)) for y in labels) + "\n"
+        written.append(folder / "labels.txt")
+        atomic_write(written[-1], lambda tmp: Path(tmp).write_text(text))
     if npz:
         extra = {"labels": torch.cat(all_labels).numpy()} if all_labels else {}
 
@@ -702,9 +776,8 @@ def sample(
             with open(tmp, "wb") as f:
                 np.savez(f, arr_0=np.concatenate(arrays), **extra)
 
-        atomic_write(folder / "samples.npz", write)
-    print(f"Wrote {num_samples} samples to {folder}", flush=True)
-    return folder
+        written.append(folder / "samples.npz")
+        atomic_write(written[-1], write)
 
 
 def main(args: list[str]) -> None:
@@ -717,7 +790,17 @@ def main(args: list[str]) -> None:
     try:
         commands = {"evaluate": evaluate, "sample": sample}
         # A --protocol's settings become the defaults: explicit options beat them.
-        CLI(commands, args=args, as_positional=False, set_defaults=cli_defaults(commands, args))
+        with _stopped_by_sigterm():
+            CLI(commands, args=args, as_positional=False,
+                set_defaults=cli_defaults(commands, args))
     except ResultsNotSavedError as err:  # the work is done and printed; only the file is missing
         print(f"lightning-gen: error: {err}", file=sys.stderr)
         sys.exit(1)
+    except Interrupted as err:
+        print(f"lightning-gen: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt as err:  # evaluate writes every file whole (atomically) or not
+        print(f"lightning-gen: stopped by {getattr(err, 'signal_name', 'SIGINT')}; the checkpoint "
+              "being evaluated has no results (no JSON, no results.jsonl row), those finished "
+              "before it keep theirs", file=sys.stderr)
+        sys.exit(getattr(err, "exit_code", 130))

@@ -232,3 +232,61 @@ def test_a_nan_likelihood_is_not_left_out_of_the_average_and_is_counted():
     assert np.isnan(result["test_elbo_nats"])
     images = len(load_split(data, "test"))
     assert result["nonfinite_images"] == -(-images // 100)  # one image per batch
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_sample_leaves_no_partial_set(runs, tmp_path, capsys, monkeypatch, stop):
+    # Ctrl-C (or `timeout`'s SIGTERM) during `sample` printed a KeyboardInterrupt traceback (or
+    # nothing) and left the PNGs written so far, a set `fidelity --input1 DIR` takes for whole.
+    import signal
+
+    import lightning_gen.evaluate as ev
+
+    save, saved = ev._save_png, []
+
+    def interrupted_at_the_sixth(image, path):
+        if len(saved) == 5:
+            if stop == "SIGINT":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
+        save(image, path)
+        saved.append(path)
+
+    monkeypatch.setattr(ev, "_save_png", interrupted_at_the_sixth)
+    handler = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "samples"
+    with pytest.raises(SystemExit) as stopped:
+        main(["sample", "--ckpt_path", str(runs["dcgan"]), "--num_samples", "12", "--out",
+              str(out), "--npz", "true", "--batch_size", "4", "--progress", "false"])
+    assert stopped.value.code == (130 if stop == "SIGINT" else 143)
+    err = capsys.readouterr().err.strip()
+    assert err == (f"lightning-gen: sample stopped by {stop} after 5 of 12 samples; removed them "
+                   f"from {out} (an incomplete set is not left behind): run it again")
+    assert all(path.name.endswith(".png") for path in saved) and not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is handler  # restored
+    # A folder that existed stays, empty; a whole run writes every file.
+    out.mkdir()
+    saved.clear()
+    monkeypatch.setattr(ev, "_save_png", save)
+    main(["sample", "--ckpt_path", str(runs["dcgan"]), "--num_samples", "12", "--out",
+          str(out), "--npz", "true", "--batch_size", "4", "--progress", "false"])
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:06d}.png" for i in range(12)] + [
+        "samples.npz"]
+
+
+def test_an_interrupted_evaluate_is_one_line_and_writes_nothing(runs, tmp_path, capsys,
+                                                                monkeypatch):
+    from lightning_gen.metrics.evaluator import GenerativeEvaluator
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GenerativeEvaluator, "generated", ctrl_c)
+    out = tmp_path / "dcgan.json"
+    with pytest.raises(SystemExit) as stopped:
+        _evaluate(runs["dcgan"], runs["classifier"], out)
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lightning-gen: stopped by SIGINT; the checkpoint being evaluated has "
+                          "no results") and "\n" not in err
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
