@@ -23,6 +23,7 @@ from pathlib import Path
 
 from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -171,7 +172,13 @@ class LightningGenCLI(LightningCLI):
                 kwargs["default_root_dir"] = str(folder)
         # Atomic checkpoints; a checkpoint at SIGTERM/SIGINT (lightning_gen.faults).
         kwargs = faults.configure_trainer(trainer_config, kwargs)
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except TypeError as err:
+            # Lightning checks --trainer.devices on the CPU with a TypeError (a traceback).
+            if "devices" not in str(err):
+                raise
+            raise ValueError(f"--trainer.devices {trainer_config.get('devices')}: {err}") from err
         trainer.callbacks.insert(0, ImagesSeen())  # W&B's `images_seen` x-axis
         MetricsFile().attach(trainer)  # <run>/metrics.csv and summary.json, whatever the logger
         if os.environ.get(SWEEP_TRIAL_ENV):  # a sweep's trial: report the objective, prune
@@ -342,7 +349,16 @@ def _wandb_agent_run(config) -> None:
 
 def _check_launch(trainer) -> None:
     """``--trainer.num_nodes N`` (N > 1) started without a launcher would wait for the other
-    nodes until the process group times out (30 minutes), silently; say so instead."""
+    nodes until the process group times out (30 minutes), silently; say so instead. On the CPU
+    each of ``--trainer.devices N`` is a training process: more than the machine's cores took
+    minutes to start each (``--trainer.devices 64`` on 2 cores had not begun training after 5
+    minutes) and shares the cores anyway."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > (cores or 1):
+        raise ValueError(
+            f"--trainer.devices {trainer.num_devices} on the CPU starts {trainer.num_devices} "
+            f"training processes, and this machine has {cores} CPU cores: use "
+            f"--trainer.devices {cores} or fewer (or --trainer.accelerator gpu on a GPU machine)")
     environment = getattr(trainer.strategy, "cluster_environment", None)
     if (trainer.num_nodes > 1 and type(environment) is LightningEnvironment
             and "MASTER_ADDR" not in os.environ):

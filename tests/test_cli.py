@@ -299,6 +299,27 @@ def test_trainer_flags_the_machine_cannot_honour_are_one_line(capsys):
     assert not Path("runs").exists()
 
 
+def test_cpu_devices_the_machine_cannot_run_are_one_line(capsys):
+    # -2 was Lightning's TypeError traceback; more processes than cores (--trainer.devices 64
+    # on 2 cores) started them all and had not begun training after 5 minutes.
+    cores = len(os.sched_getaffinity(0))
+    for devices, line in (
+            ("-2", "lightning-gen: error: --trainer.devices -2: `devices` selected with "
+                   "`CPUAccelerator` should be an int > 0."),
+            (str(cores + 1), f"lightning-gen: error: --trainer.devices {cores + 1} on the CPU "
+                             f"starts {cores + 1} training processes, and this machine has "
+                             f"{cores} CPU cores: use --trainer.devices {cores} or fewer (or "
+                             "--trainer.accelerator gpu on a GPU machine)")):
+        with pytest.raises(SystemExit) as info:
+            main(["fit", "--config", str(ROOT / "experiments/quickstart.yaml"),
+                  "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp",
+                  "--trainer.devices", devices, *FAST])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and "Traceback" not in err
+        assert err.strip().splitlines()[-1] == line
+        assert not Path("runs").exists()
+
+
 # A regression would hang inside the process group's C++ rendezvous, which the default
 # (signal) timeout cannot interrupt; the thread method ends the test run loudly instead.
 @pytest.mark.timeout(120, method="thread")
