@@ -341,6 +341,8 @@ def evaluate(
     if reference is None:
         reference = run_protocol.settings["reference"] = "train"
     _check_num_samples(num_samples, isc_splits)
+    _check_counts(kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
+                  iw_samples=iw_samples)
     if parzen:
         check_parzen_options(parzen_samples, parzen_val_images)
     check_diagnostics(feature_extractor, num_samples, neighbours, neighbours_k,
@@ -562,6 +564,20 @@ def _check_num_samples(num_samples: int, isc_splits: int) -> None:
     if num_samples < 2:
         raise ValueError(f"--num_samples {num_samples} is too few: use 2 or more (papers use "
                          "50000)")
+
+
+def _check_counts(*, kid_subsets: int, kid_subset_size: int, iw_samples: int) -> None:
+    """Refuse counts whose metric cannot be computed (KID of no subset, or of one-sample
+    subsets, is NaN; a negative IWAE k was taken for 0), before any work."""
+    if kid_subsets < 1:
+        raise ValueError(f"--kid_subsets must be at least 1, got {kid_subsets} (torch-fidelity "
+                         "uses 100)")
+    if kid_subset_size < 2:
+        raise ValueError(f"--kid_subset_size must be at least 2 (KID's unbiased MMD needs two "
+                         f"samples per subset), got {kid_subset_size} (torch-fidelity uses 1000)")
+    if iw_samples < 0:
+        raise ValueError(f"--iw_samples must be 0 (ELBO only) or more, got {iw_samples} "
+                         "(Burda et al. 2016 use 5000)")
 
 
 def _check_sample_count(num_samples: int, isc_splits: int) -> None:

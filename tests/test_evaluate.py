@@ -290,3 +290,19 @@ def test_an_interrupted_evaluate_is_one_line_and_writes_nothing(runs, tmp_path, 
     assert err.startswith("lightning-gen: stopped by SIGINT; the checkpoint being evaluated has "
                           "no results") and "\n" not in err
     assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_counts_no_metric_can_use_are_refused_before_any_work(runs, tmp_path, capsys):
+    # --kid_subsets 0 / --kid_subset_size 0 wrote KID NaN into the JSON, results.jsonl and W&B;
+    # --iw_samples -1 silently dropped the IWAE bound.
+    out = tmp_path / "x.json"
+    base = ["evaluate", "--ckpt_path", str(runs["vae"]), "--num_samples", "40",
+            "--reference", "test", "--feature_extractor", f"classifier:{runs['classifier']}",
+            "--accelerator", "cpu", "--progress", "false", "--cache_dir", str(tmp_path / "c"),
+            "--out", str(out)]
+    assert "--kid_subsets must be at least 1, got 0" in _error(capsys, *base, "--kid_subsets", "0")
+    assert "--kid_subset_size must be at least 2" in _error(capsys, *base,
+                                                           "--kid_subset_size", "1")
+    assert "--iw_samples must be 0 (ELBO only) or more, got -1" in _error(
+        capsys, *base, "--iw_samples", "-1")
+    assert not out.exists() and not (tmp_path / "c").exists()
