@@ -94,7 +94,9 @@ class SaveOnInterrupt(Callback):
                 raise KeyboardInterrupt  # the second Ctrl-C: stop now, without a checkpoint
             return
         self.signum = signum
-        if signum == signal.SIGINT:
+        # Ctrl-C reaches every process of the terminal's group, each DDP rank too: rank 0 says
+        # it once (it was one line per rank).
+        if signum == signal.SIGINT and rank_zero_only.rank == 0:
             print("\nlightning-gen: interrupted: saving a checkpoint at the end of this batch "
                   "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 

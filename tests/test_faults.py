@@ -359,6 +359,23 @@ def test_ctrl_c_saves_at_the_end_of_the_batch_and_exits_130(capsys):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_ctrl_c_under_ddp_is_announced_by_rank_0_alone(rank, monkeypatch, capsys):
+    # Ctrl-C reaches every rank of a DDP fit (one process group): the notice came once per rank.
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from lightning_gen.faults import SaveOnInterrupt
+
+    monkeypatch.setattr(rank_zero_only, "rank", rank)
+    callback = SaveOnInterrupt()
+    callback._on_signal(signal.SIGINT, None)
+    assert callback.signum == signal.SIGINT  # every rank stops at the batch end
+    lines = [x for x in capsys.readouterr().err.splitlines() if x]
+    assert lines == ([
+        "lightning-gen: interrupted: saving a checkpoint at the end of this batch (press Ctrl-C "
+        "again to stop at once)"] if rank == 0 else [])
+
+
 # ----------------------------------------------------------------------------------------------
 # 5. Damaged data files: named in one line, after the last good state is saved
 def test_a_celeba_jpeg_that_goes_bad_is_named_after_the_state_is_saved(celeba_dir, capsys,
