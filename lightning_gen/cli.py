@@ -68,6 +68,10 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 # callback), while their DataModules, shared with the VAEs, offer a validation split: Lightning
 # said so at the start of every GAN run, the quickstart's first included.
 warnings.filterwarnings("ignore", message="You passed in a `val_dataloader` but have no `validation_step`")
+# Resuming from a mid-epoch checkpoint (the one SIGTERM / Ctrl-C save) is said in one line of
+# our own (lightning_gen.faults.SaveOnInterrupt): Lightning's "unreliable results" warning
+# counts optimizer steps, so it also came after end-of-epoch checkpoints of GANs with n_critic > 1.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
 DESCRIPTION = (
     "Train and evaluate generative models: `lightning-gen fit --config experiments/NAME.yaml`. "
     "Also `lightning-gen evaluate --help` (FID/IS/KID/precision-recall, ELBO of a checkpoint) "

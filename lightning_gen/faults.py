@@ -83,10 +83,29 @@ class SaveOnInterrupt(Callback):
     # Signals
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.signum = None
+        self._resumed = trainer.ckpt_path is not None
         if threading.current_thread() is threading.main_thread():
             self._previous = {signum: signal.getsignal(signum) for signum in self.SIGNALS}
             for signum in self.SIGNALS:
                 signal.signal(signum, self._on_signal)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        # The first batch of a fit resumed from a mid-epoch checkpoint (SIGTERM, Ctrl-C, a
+        # step or time interval): say once what the rest of that epoch is. This replaces
+        # Lightning's warning of "unreliable results", which it decides from optimizer steps,
+        # so a GAN with n_critic > 1 got it after end-of-epoch checkpoints too (cli.py).
+        if not getattr(self, "_resumed", False):
+            return
+        self._resumed = False
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1
+        total = trainer.num_training_batches
+        if done > 0 and rank_zero_only.rank == 0 and total != float("inf"):
+            print(f"lightning-gen: resumed after batch {done} of {int(total)} of epoch "
+                  f"{trainer.current_epoch + 1}: the data loaders keep no position, so its other "
+                  f"{int(total) - done} batches come from a new shuffle of the training data "
+                  "(some images twice, some not at all); the next epochs are whole",
+                  file=sys.stderr, flush=True)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
