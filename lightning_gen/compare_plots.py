@@ -94,13 +94,16 @@ def plot_curves(runs: Sequence[Path], labels: Sequence[str], names: Sequence[str
 
     cols = min(2, len(names))
     rows = math.ceil(len(names) / cols)
-    # As many legend entries per row as fit the width (~7 px per character at 10 pt, plus the
-    # line sample); an entry wider than the figure is wrapped.
+    # As many legend entries per row as fit the width, each its text as drawn plus the line
+    # sample and the gaps (matplotlib's defaults at 10 pt: 2 + 0.8 em before the text, 2 em
+    # between columns); an entry wider than the figure is wrapped.
     width_px = PANEL[0] * cols * 100
-    chars = int((width_px - 80) // 7)
-    entries = ["\n".join(textwrap.wrap(label, chars)) for label in labels]
-    longest = max(len(line) for e in entries for line in e.splitlines())
-    legend_cols = max(1, min(len(runs), int(width_px // (7 * longest + 60))))
+    em = 10 * 100 / 72
+    sample, gap, margin = 2.8 * em, 2 * em, 2 * em
+    entries = ["\n".join(wrap_to_width(label, width_px - sample - margin, weight="normal"))
+               for label in labels]
+    widest = max(text_width(line, weight="normal") for e in entries for line in e.splitlines())
+    legend_cols = max(1, min(len(runs), int((width_px - margin + gap) // (widest + sample + gap))))
     legend_rows = sum(max(e.count("\n") + 1 for e in entries[i:i + legend_cols])
                       for i in range(0, len(entries), legend_cols))
     size = (PANEL[0] * cols, PANEL[1] * rows + LEGEND_ROW * (legend_rows + 1))
@@ -160,19 +163,20 @@ def wrap_to_width(text: str, width_px: float, size: float = 10, weight: str = "b
     wide as matplotlib draws it (DejaVu Sans, ``size`` points, at ``dpi``): a caption stays
     over its own grid. (Counting characters did not: ``lr_g=0.00142017, lr_d=0.000649985``
     ran into the next run's caption.)"""
+    for chars in range(max(len(text), 1), 0, -1):
+        lines = textwrap.wrap(text, chars) or [""]
+        if all(text_width(line, size, weight, dpi) <= width_px for line in lines):
+            return lines
+    return textwrap.wrap(text, 1)
+
+
+def text_width(line: str, size: float = 10, weight: str = "bold", dpi: float = 100) -> float:
+    """Pixels of ``line`` as matplotlib draws it (DejaVu Sans, ``size`` points, at ``dpi``)."""
     from matplotlib.font_manager import FontProperties
     from matplotlib.textpath import TextPath
 
     prop = FontProperties(size=size, weight=weight)
-
-    def px(line: str) -> float:
-        return TextPath((0, 0), line, prop=prop).get_extents().width * dpi / 72 if line else 0.0
-
-    for chars in range(max(len(text), 1), 0, -1):
-        lines = textwrap.wrap(text, chars) or [""]
-        if all(px(line) <= width_px for line in lines):
-            return lines
-    return textwrap.wrap(text, 1)
+    return TextPath((0, 0), line, prop=prop).get_extents().width * dpi / 72 if line else 0.0
 
 
 def plot_grids(runs: Sequence[Path], labels: Sequence[str], path: Path) -> Path | None:

@@ -135,6 +135,23 @@ def test_curves_png_draws_one_line_per_run_in_its_colour(two_runs):
                       ["model.init_args.lr_g"]) == ["lr_g=0.0002", "lr_g=0.001"]
 
 
+def test_long_legend_labels_wrap_inside_the_figure(two_runs):
+    # Runs of different families differ in dozens of arguments: a label of 200+ characters,
+    # wrapped by a count of characters, came out wider than the figure and the centred legend
+    # was cut on both sides (line samples and text alike).
+    from lightning_gen.compare_plots import plot_curves
+
+    labels = [", ".join(f"MODEL_ARGUMENT_{i}=WWW{run}" for i in range(12)) for run in "AB"]
+    plot_curves(two_runs, labels, ["train/g_loss"], "step", Path("curves.png"))
+    pixels = np.asarray(Image.open("curves.png").convert("RGB"))
+    legend = pixels[PANEL_ROWS:]
+    ink = np.nonzero((legend < 200).any(axis=2).any(axis=0))[0]  # columns with text or lines
+    assert ink.min() > 2 and ink.max() < pixels.shape[1] - 3
+    for colour in (BLUE, ORANGE):  # each run's line sample is drawn whole
+        columns = np.nonzero(colour_mask(legend, colour).any(axis=0))[0]
+        assert columns.min() > 2 and len(columns) >= 20
+
+
 def test_samples_png_holds_each_runs_last_grid_pixel_for_pixel(two_runs):
     main(["compare", *map(str, two_runs), "--out", "out"])
     composite = np.asarray(Image.open("out/samples.png").convert("RGB"))
