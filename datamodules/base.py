@@ -348,7 +348,8 @@ class ImageDataModule(L.LightningDataModule):
         on_cpu = self._trains_on_cpu()
         from_array = reads_batches_from_array(dataset)
         workers = usable_workers(self.num_workers, on_cpu, from_array)
-        if workers != self.num_workers and not getattr(self, "_said_workers", False):
+        if (workers != self.num_workers and not getattr(self, "_said_workers", False)
+                and self._first_process_of_machine()):
             self._said_workers = True
             if on_cpu and from_array:
                 why = ("training on the CPU from images held in one array: a batch is read "
@@ -362,6 +363,13 @@ class ImageDataModule(L.LightningDataModule):
                   f"({why}; LIGHTNING_GEN_EXACT_WORKERS=1 keeps the number given)",
                   file=sys.stderr, flush=True)
         return workers
+
+    def _first_process_of_machine(self) -> bool:
+        """Whether this process is the first (local rank 0) of its machine: under DDP every
+        process sets its data up, and a machine's notice is said once, not once per process."""
+        trainer = getattr(self, "trainer", None)
+        rank = trainer.local_rank if trainer is not None else os.environ.get("LOCAL_RANK", 0)
+        return int(rank) == 0
 
     def _trains_on_cpu(self) -> bool:
         """Whether the attached Trainer (else: this machine) trains on the CPU."""

@@ -61,6 +61,20 @@ def test_a_cpu_trainer_gets_no_worker_on_a_busy_machine_and_is_told(monkeypatch,
     assert "DataLoader worker" not in capsys.readouterr().err  # once
 
 
+def test_the_workers_notice_is_said_by_one_process_per_machine(monkeypatch, tmp_path, capsys):
+    # Under DDP every process sets its data up: the two ranks' notices ran together on one line.
+    monkeypatch.delenv("LIGHTNING_GEN_EXACT_WORKERS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(L.Trainer, "local_rank", property(lambda self: 1))
+    dm = MNISTDataModule(str(fakedata.write_mnist(tmp_path, 16, 4)), download=False,
+                         num_workers=2, batch_size=4, image_size=32)
+    dm.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    dm.setup("fit")
+    assert dm.train_dataloader().num_workers == 0  # the same number, unsaid
+    assert "DataLoader worker" not in capsys.readouterr().err
+
+
 def _cpu_datamodule(root, **kwargs) -> MNISTDataModule:
     dm = MNISTDataModule(str(root), download=False, num_workers=2, batch_size=4, **kwargs)
     dm.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
