@@ -49,8 +49,9 @@ def read_metrics(path: Path) -> dict[str, list[dict[str, float | None]]]:
 
 def curve(run: Path, metrics: dict, name: str, x: str) -> tuple[list[float], list[float]]:
     """One run's ``(xs, ys)`` of a metric. ``step``/``g_steps``: the last value logged at each
-    x (a resumed run re-logs the steps after its checkpoint); ``epoch``: each epoch's mean;
-    ``wall_time``: as logged. ``eval/<protocol>/<metric>`` comes from eval/results.jsonl."""
+    x (a resumed run re-logs the steps after its checkpoint); ``epoch``: the mean over the
+    epoch's steps, each step's last value; ``wall_time``: as logged.
+    ``eval/<protocol>/<metric>`` comes from eval/results.jsonl."""
     if name.startswith("eval/"):
         protocol, metric = name[len("eval/"):].rsplit("/", 1)
         axis = {"step": "step", "epoch": "epoch"}.get(x)
@@ -62,6 +63,9 @@ def curve(run: Path, metrics: dict, name: str, x: str) -> tuple[list[float], lis
     points = [p for p in points if p.get(x) is not None and p.get("value") is not None]
     if x == "wall_time":
         return [p[x] for p in points], [p["value"] for p in points]
+    if x == "epoch":  # a killed run's rows after its checkpoint are logged again on resuming
+        points = list({(p["step"] if p.get("step") is not None else ("row", i)): p
+                       for i, p in enumerate(points)}.values())
     by_x: dict[float, list[float]] = {}
     for p in points:
         if x == "epoch":
