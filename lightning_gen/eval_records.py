@@ -145,6 +145,26 @@ def protocol_name(extractor_kind: str, reference: str, num_samples: int,
     return named or f"{extractor_kind}-{reference}-{num_samples}"
 
 
+def likelihood_protocols(result: dict) -> dict[str, str]:
+    """The name each likelihood metric of ``result`` is filed under when no ``--protocol``
+    names it: what computed it and the split it scores, as ``<extractor>-<split>-<N>`` names
+    the sample metrics (which the likelihoods depend on neither): ``elbo-test``,
+    ``iwae_k64-test`` (k importance samples), ``exact_nll-test`` (NLL and bits/dim),
+    ``parzen_10000_val1000-test`` (kernels, and the held-out images that picked sigma)."""
+    split = result.get("likelihood_split", "test")
+    names = {"test_elbo_nats": f"elbo-{split}", "test_nll_nats": f"exact_nll-{split}",
+             "test_bits_per_dim": f"exact_nll-{split}"}
+    if "iwae_k" in result:
+        names["test_iwae_nats"] = f"iwae_k{result['iwae_k']}-{split}"
+    if "parzen_num_samples" in result:
+        parzen = f"parzen_{result['parzen_num_samples']}"
+        if "parzen_val_images" in result:
+            parzen += f"_val{result['parzen_val_images']}"
+        names.update(dict.fromkeys(("parzen_ll_nats", "parzen_ll_stderr", "parzen_sigma"),
+                                   f"{parzen}-test"))
+    return {k: v for k, v in names.items() if k in result}
+
+
 def metric_values(result: dict) -> dict[str, float]:
     return {k: float(result[k]) for k in METRICS if isinstance(result.get(k), (int, float))}
 

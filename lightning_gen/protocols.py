@@ -29,6 +29,7 @@ from lightning_gen.eval_records import (
     LIKELIHOOD_METRICS,
     METRICS,
     SweepEvaluator,
+    likelihood_protocols,
     metric_values,
     protocol_name,
 )
@@ -236,36 +237,45 @@ class ProtocolRun:
     def filing(self, result: dict, generic: str) -> dict[str, list[str]]:
         """The names ``result``'s metrics are filed under in results.jsonl and W&B,
         ``{name: [metric, ...]}``: the named protocol's for the metrics it defines
-        (:meth:`Protocol.names`) when all its settings are in effect, ``generic``
-        (``<extractor>-<split>-<N>``) for the others. (A likelihood protocol does not name
-        the FID of whatever samples were drawn beside it, nor inception-score-50k an FID
-        whose reference split it does not fix.)"""
+        (:meth:`Protocol.names`) when all its settings are in effect; for the others
+        ``generic`` (``<extractor>-<split>-<N>``) for the sample metrics, and the likelihoods'
+        own names (:func:`~lightning_gen.eval_records.likelihood_protocols`: ``iwae_k64-test``,
+        ...), which depend on neither the extractor nor the sample count. (A likelihood
+        protocol does not name the FID of whatever samples were drawn beside it, nor
+        inception-score-50k an FID whose reference split it does not fix.)"""
         named = set(PROTOCOLS[self.name].names()) if self.exact and self.name in PROTOCOLS else ()
+        own = likelihood_protocols(result)
         out: dict[str, list[str]] = {}
         for key in metric_values(result):
-            out.setdefault(self.name if key in named else generic, []).append(key)
+            out.setdefault(self.name if key in named else own.get(key, generic), []).append(key)
         return out or {generic: []}
 
 
 def protocol_line(result: dict) -> str:
-    """The protocol of an evaluate result, for its table: ``pytorch-gan-collections
-    (inception-train-50000)``, ``inception-train-40 (pytorch-gan-collections with
-    num_samples=40)``, ``classifier-test-100; exact-test-nll: test_nll_nats,
-    test_bits_per_dim`` (a protocol that names some of the metrics), or
-    ``classifier-test-1000`` when none was named."""
-    kind = str(result.get("feature_extractor_spec", "")).partition(":")[0]
-    generic = protocol_name(kind, result["reference"]["split"], result["num_samples"])
+    """The protocol of an evaluate result, for its table: the names its metrics are filed
+    under, the sample metrics' bare, the others with their metrics
+    (``classifier-test-20; elbo-test: test_elbo_nats; iwae_k64-test: test_iwae_nats``), and
+    what a named ``--protocol`` did: ``pytorch-gan-collections (inception-train-50000)``,
+    ``inception-train-40 (pytorch-gan-collections with num_samples=40)``,
+    ``classifier-test-100; exact-test-nll: test_nll_nats, test_bits_per_dim``,
+    ``classifier-test-100 (exact-test-nll defines none of these metrics)``."""
+    generic = None
+    if result.get("num_samples") and result.get("reference"):
+        kind = str(result.get("feature_extractor_spec", "")).partition(":")[0]
+        generic = protocol_name(kind, result["reference"]["split"], result["num_samples"])
     name, overrides = result.get("protocol"), result.get("protocol_overrides")
+    filing = result.get("results_protocols") or {name or generic: []}
+    listed = "; ".join(n if n == generic or len(filing) == 1 else f"{n}: {', '.join(keys)}"
+                       for n, keys in filing.items())
     if name is None:
-        return generic
+        return listed
     if overrides:
-        return f"{generic} ({name} with {', '.join(f'{k}={v}' for k, v in overrides.items())})"
-    filing = result.get("results_protocols") or {name: []}
+        return f"{listed} ({name} with {', '.join(f'{k}={v}' for k, v in overrides.items())})"
     if list(filing) == [name]:
-        return f"{name} ({generic})"
+        return f"{name} ({generic})" if generic else name
     if name not in filing:
-        return f"{generic} ({name} defines none of these metrics)"
-    return f"{generic}; {name}: {', '.join(filing[name])}"
+        return f"{listed} ({name} defines none of these metrics)"
+    return listed
 
 
 def metric_lines(rows: list[tuple[str, str]], result: dict) -> list[str]:

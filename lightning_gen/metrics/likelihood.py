@@ -229,5 +229,6 @@ def parzen_metrics(model, datamodule, num_samples: int = 10_000, val_images: int
     val = to01(_stack_images(val_set, batch_size, workers, "Parzen val images", show))
     test = to01(_stack_images(test_set, batch_size, workers, "Parzen test images", show))
     result = parzen_evaluate(to01(samples), val, test, sigmas, device=device, progress=show)
-    return {**result, "parzen_validation": val_text, "parzen_test_images": len(test),
+    return {**result, "parzen_validation": val_text, "parzen_val_images": len(val),
+            "parzen_test_images": len(test),
             **binarization_info(datamodule)}
