@@ -381,6 +381,29 @@ def test_a_resumed_runs_wandb_segment_holds_the_bests_of_the_whole_run(tmp_path)
         assert stored[f"{name}.best_step"] == summary[name]["best_step"]
 
 
+def test_a_resumed_runs_summary_forgets_what_a_killed_process_logged_after_the_checkpoint(
+        tmp_path):
+    # A process killed after its last checkpoint leaves rows the resumed run logs again; a
+    # "best" FID among them (1.0 here, after the checkpoint) belonged to weights nobody kept.
+    (tmp_path / "vae.yaml").write_text(VAE_YAML.replace("trainer:\n", (
+        "trainer:\n  callbacks:\n    - class_path: tests.test_metrics_file.FakeQuality\n"
+        "      init_args: {fid: [3.0, 5.0], is_mean: [2.0, 1.0]}\n")))
+    args = ["fit", "--config", str(tmp_path / "vae.yaml"), *FAST]
+    main([*args, "--trainer.max_epochs", "1"])
+    run = only_run_dir()
+    step = 3  # the checkpoint's: 3 batches (its epoch-end values are logged at step 2)
+    with open(run / "metrics.csv", "a") as f:  # the killed process, a batch and an epoch on
+        f.write(f"{step},1,,9.0,train/loss,1.0\n{step + 2},1,,99.0,metrics/fid,1.0\n")
+    main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    rows = read_rows(run / "metrics.csv")
+    assert [r["value"] for r in rows if r["name"] == "metrics/fid"] == [3.0, 1.0, 5.0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["metrics/fid"]["best"] == 3.0
+    assert summary == expected_summary([r for r in rows if r["wall_time"] not in (9.0, 99.0)])
+    stored = wandb_log.summary(wait_for_run_log(run / "wandb"))
+    assert stored["metrics/fid.best"] == 3.0
+
+
 class FakeQuality(L.Callback):
     """Logs given ``metrics/fid`` and ``metrics/is_mean`` values at each training epoch end."""
 

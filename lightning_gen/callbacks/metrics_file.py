@@ -16,7 +16,8 @@
 for every logged scalar (``goal``: see :func:`goal_of`), rewritten atomically at each logging
 call that carries a non-``train/`` value with a goal, otherwise at most every 10 s, and when
 the trainer finishes or stops on an error. After a SIGKILL it may lag ``metrics.csv`` by those
-seconds of training values; a resumed run rebuilds it from ``metrics.csv``. Values of
+seconds of training values; a resumed run rebuilds it from ``metrics.csv`` up to its
+checkpoint's step (:meth:`MetricsFile.on_train_start`). Values of
 :class:`~lightning_gen.callbacks.GenerativeMetricsCallback` also name their ``protocol``
 (``<extractor>-<reference split>-<N samples>``, e.g. ``inception-train-10000``).
 
@@ -46,6 +47,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_gen.callbacks.metrics import GenerativeMetricsCallback
+from lightning_gen.run_record import logging_step
 from lightning_gen.runs import atomic_write, run_dir
 
 HEADER = ("step", "epoch", "g_steps", "wall_time", "name", "value")
@@ -253,6 +255,25 @@ class MetricsFile(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The clock starts when fitting does (setup read the time already spent, if resumed).
         self._t0 = time.monotonic() - self._offset
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Resumed (the loops hold the checkpoint's step S by now): rows after S, and training
+        # rows at S (the next batch logs there; validate/test of the checkpoint log their val/
+        # and test/ rows at S too), are of a process that went on past its last checkpoint
+        # (killed, or an earlier checkpoint chosen), which this run replaces, logging those
+        # steps again. The file keeps them (append-only; compare takes each step's last value);
+        # the summary, bests included, describes the run that continues.
+        if self._folder is None:
+            return
+        step = logging_step(trainer)
+        rows = read_rows(self.path)
+        kept = [row for row in rows if row["step"] < step or (
+            row["step"] == step and not row["name"].startswith("train/"))]
+        if len(kept) < len(rows):
+            self._summary = Summary()
+            for row in kept:
+                self._summary.update(row["name"], row["value"], row["step"])
+            self._write_summary()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.finish()
