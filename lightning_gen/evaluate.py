@@ -270,7 +270,12 @@ def evaluate(
             use; the checkpoint must match its model. Default: the run's ``config.yaml`` for the
             data, the checkpoint's hyperparameters for the model. (``--config`` is jsonargparse's
             file of options for this command.)
-        num_samples: Generated samples (50,000 in the papers).
+        num_samples: Generated samples (50,000 in the papers); 0: no sample metrics (no
+            extractor loaded, no reference features), only the rest of the evaluation: a
+            likelihood model's test likelihood (VAE/CVAE ELBO/IWAE, PixelCNN/PixelRNN exact
+            NLL) and ``--parzen`` (whose samples are ``--parzen_samples``); refused where
+            nothing else would be computed (a GAN without ``--parzen``, an image-to-image
+            model: ``num_samples`` is its number of test pairs).
         reference: Real split to compare with: ``train`` or ``test`` (``val`` for CelebA);
             default: train. Image-to-image models: test, the split of the pairs they are
             scored on (another split is refused).
@@ -341,6 +346,8 @@ def evaluate(
     if reference is None:
         reference = run_protocol.settings["reference"] = "train"
     _check_num_samples(num_samples, isc_splits)
+    if num_samples == 0:
+        _check_no_sample_options(seeds=seeds, neighbours=neighbours, mode_coverage=mode_coverage)
     _check_counts(kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
                   iw_samples=iw_samples)
     if parzen:
@@ -359,7 +366,7 @@ def evaluate(
         named after what it was scored on (its protocol, the test split, the pairs)."""
         name = "" if single else f"_{ckpt.path.stem}"
         stem = (f"{paired['feature_extractor_spec']}_test_{paired['num_samples']}" if paired
-                else f"{kind}_{reference}_{num_samples}")
+                else f"{kind}_{reference}_{num_samples}" if num_samples else "likelihood_test")
         return Path(out) if out else (run_config_path(ckpt.path).parent / "eval"
                                       / f"{stem}{name}.json")
 
@@ -375,7 +382,8 @@ def evaluate(
             started = time.perf_counter()
             model, datamodule = load_run(str(ckpt.path), run_config, data_dir, trust_checkpoint)
             if getattr(model, "paired_eval", None) is not None:  # image-to-image: PSNR/SSIM/...
-                _check_paired_options(model, parzen=parzen, neighbours=neighbours,
+                _check_paired_options(model, num_samples=num_samples, parzen=parzen,
+                                      neighbours=neighbours,
                                       mode_coverage=mode_coverage, seeds=seeds,
                                       reference=explicit_reference, protocol=run_protocol.name)
                 result = _evaluate_paired(model, datamodule, feature_extractor, weights_path,
@@ -387,8 +395,11 @@ def evaluate(
                 paired = result
             else:
                 paired, generic = None, protocol_name(kind, reference, num_samples)
-                _check_sample_count(num_samples, isc_splits)
-                if evaluator is None:  # one extractor and one reference for every checkpoint
+                if num_samples == 0:  # the likelihoods alone: no extractor, no reference
+                    _check_something_to_compute(model, parzen)
+                else:
+                    _check_sample_count(num_samples, isc_splits)
+                if evaluator is None and num_samples:  # one extractor and reference for all
                     extractor = build_extractor(feature_extractor, weights_path, trust_checkpoint)
                     evaluator = SpreadEvaluator(extractor, batch_size=batch_size, cache_dir=cache_dir,
                                                 isc_splits=isc_splits, kid_subsets=kid_subsets,
@@ -403,12 +414,14 @@ def evaluate(
                                          reference, num_samples, seed, batch_size, isc_splits,
                                          kid_subsets, iw_samples, fabric, progress and single)
                 result.update(extra)
-                result.update(diagnose(
-                    model, datamodule, evaluator, json_path(ckpt), reference=reference,
-                    num_samples=num_samples, seed=seed, batch_size=batch_size, device=fabric.device,
-                    rank0=rank0, progress=progress and single, neighbours=neighbours,
-                    neighbours_k=neighbours_k, memorization_percentile=memorization_percentile,
-                    mode_coverage=mode_coverage, mode_threshold=mode_threshold))
+                if evaluator is not None:
+                    result.update(diagnose(
+                        model, datamodule, evaluator, json_path(ckpt), reference=reference,
+                        num_samples=num_samples, seed=seed, batch_size=batch_size,
+                        device=fabric.device, rank0=rank0, progress=progress and single,
+                        neighbours=neighbours, neighbours_k=neighbours_k,
+                        memorization_percentile=memorization_percentile,
+                        mode_coverage=mode_coverage, mode_threshold=mode_threshold))
             # Last: every metric is in `result` when the published numbers are matched.
             result.update(run_protocol.record())
             result.update(published_for(result, model, datamodule, run_protocol))
@@ -456,23 +469,25 @@ def _evaluate_model(model, datamodule, evaluator, ckpt_path, feature_extractor, 
                     num_samples, seed, batch_size, isc_splits, kid_subsets, iw_samples, fabric,
                     progress) -> dict:
     model.to(fabric.device)
-    try:
-        metrics = evaluator.evaluate(model, datamodule, reference, num_samples, seed=seed,
-                                     device=fabric.device, progress=progress)
-    except NotImplementedError as err:  # e.g. the plain Autoencoder: no prior to sample from
-        raise ValueError(_cannot_sample(model, err)) from err
+    # evaluator None (--num_samples 0): no sample metrics, no extractor, no reference.
+    sampled = {"feature_extractor": "none", "feature_extractor_spec": None, "reference": None}
+    if evaluator is not None:
+        try:
+            sampled = evaluator.evaluate(model, datamodule, reference, num_samples, seed=seed,
+                                         device=fabric.device, progress=progress)
+        except NotImplementedError as err:  # e.g. the plain Autoencoder: no prior to sample from
+            raise ValueError(_cannot_sample(model, err)) from err
+        sampled.update({"feature_extractor": evaluator.extractor.name,
+                        "feature_extractor_spec": feature_extractor,
+                        "reference": evaluator.reference_info, "isc_splits": isc_splits,
+                        "kid_subsets": kid_subsets})
     result = {
-        **metrics,
+        **sampled,
         "num_samples": num_samples,
-        "feature_extractor": evaluator.extractor.name,
-        "feature_extractor_spec": feature_extractor,
-        "reference": evaluator.reference_info,
         "model": type(model).__module__ + "." + type(model).__name__,
         "checkpoint": str(Path(ckpt_path).resolve()),
         "seed": seed,
         "batch_size": batch_size,
-        "isc_splits": isc_splits,
-        "kid_subsets": kid_subsets,
         "devices": fabric.world_size,
     }
     if hasattr(model, "importance_weighted_bound"):
@@ -483,12 +498,17 @@ def _evaluate_model(model, datamodule, evaluator, ckpt_path, feature_extractor, 
     return result
 
 
-def _check_paired_options(model, *, parzen: bool, neighbours: int, mode_coverage: bool,
-                          seeds: int, reference: str | None, protocol: str | None) -> None:
+def _check_paired_options(model, *, num_samples: int, parzen: bool, neighbours: int,
+                          mode_coverage: bool, seeds: int, reference: str | None,
+                          protocol: str | None) -> None:
     """Refuse, in one line, the sampling-only options a paired model cannot honour (it is scored
     on the test pairs, not by sampling), instead of ignoring them. ``reference`` is the split
     given explicitly (``None``: the default); a ``protocol`` preset is a benchmark of sample
     metrics, so its split is not reported as the user's."""
+    if num_samples == 0:
+        raise ValueError(f"--num_samples 0 (no sample metrics) leaves nothing to compute for "
+                         f"{type(model).__name__}, an image-to-image model scored on "
+                         "--num_samples test pairs (PSNR, SSIM, LPIPS); use 2 or more")
     preset_split = PROTOCOLS[protocol].settings.get("reference") if protocol else None
     given = [flag for flag, on in (
         (f"--protocol {protocol}", protocol is not None),
@@ -561,9 +581,33 @@ def _check_num_samples(num_samples: int, isc_splits: int) -> None:
     """Refuse, before any work, sample counts no metric can be computed from (FID needs 2)."""
     if isc_splits < 1:
         raise ValueError(f"--isc_splits must be at least 1, got {isc_splits}")
-    if num_samples < 2:
+    if num_samples < 2 and num_samples != 0:
         raise ValueError(f"--num_samples {num_samples} is too few: use 2 or more (papers use "
-                         "50000)")
+                         "50000), or 0 for no sample metrics (a likelihood model's test "
+                         "likelihood, --parzen true)")
+
+
+def _check_no_sample_options(*, seeds: int, neighbours: int, mode_coverage: bool) -> None:
+    """Refuse, before any work, options about samples with ``--num_samples 0``."""
+    given = [flag for flag, on in ((f"--seeds {seeds}", seeds > 1),
+                                   (f"--neighbours {neighbours}", neighbours > 0),
+                                   ("--mode_coverage", mode_coverage)) if on]
+    if given:
+        raise ValueError(f"{', '.join(given)}: about the sample metrics, which --num_samples 0 "
+                         "does not compute; drop them or use --num_samples 2 or more")
+
+
+def _has_likelihood(model) -> bool:
+    """A VAE/CVAE (ELBO/IWAE) or an autoregressive model (exact NLL)."""
+    return hasattr(model, "importance_weighted_bound") or hasattr(model, "nll")
+
+
+def _check_something_to_compute(model, parzen: bool) -> None:
+    """``--num_samples 0`` computes no sample metrics: refuse it where nothing else would be."""
+    if not (parzen or _has_likelihood(model)):
+        raise ValueError(f"--num_samples 0 (no sample metrics) leaves nothing to compute for "
+                         f"{type(model).__name__}, which has no test likelihood: add --parzen "
+                         "true (its samples: --parzen_samples) or use --num_samples 2 or more")
 
 
 def _check_counts(*, kid_subsets: int, kid_subset_size: int, iw_samples: int) -> None:
@@ -619,6 +663,13 @@ def format_table(result: dict) -> str:
     lines += [f"{label:<18} not computed: {why}"
               for label, why in result.get("not_computed", {}).items()]
     ref = result["reference"]
+    if ref is None:  # --num_samples 0
+        sampled = [f"{'samples':<18} 0 (no sample metrics: no extractor, no reference)"]
+    else:
+        sampled = [f"{'samples':<18} {result['num_samples']}",
+                   f"{'extractor':<18} {result['feature_extractor']}",
+                   f"{'reference':<18} {ref['dataset']} {ref['split']} ({ref['num_images']} "
+                   f"images{', cached' if ref.get('from_cache') else ''})"]
     lines += [f"{'protocol':<18} {protocol_line(result)}",
               *([f"{'seeds':<18} {', '.join(map(str, result['seeds']))}"]
                 if result.get("seeds") else []),
@@ -626,10 +677,7 @@ def format_table(result: dict) -> str:
                 if result.get("paired_protocol") else []),
               *([f"{'likelihood':<18} {result['likelihood_of']}"]
                 if result.get("likelihood_of") else []),
-              f"{'samples':<18} {result['num_samples']}",
-              f"{'extractor':<18} {result['feature_extractor']}",
-              f"{'reference':<18} {ref['dataset']} {ref['split']} ({ref['num_images']} images"
-              f"{', cached' if ref.get('from_cache') else ''})",
+              *sampled,
               f"{'JSON':<18} {result.get('json_path', '')}"]
     return "\n".join(lines)
 

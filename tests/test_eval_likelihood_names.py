@@ -111,3 +111,60 @@ def test_exact_nll_and_parzen_have_their_own_names_and_named_protocols_keep_thei
     overridden = ProtocolRun.of({"protocol": "binarized-mnist-iwae", "iw_samples": 64})
     assert overridden.filing({**vae, "iwae_k": 64}, "x") == {
         "elbo-test": ["test_elbo_nats"], "iwae_k64-test": ["test_iwae_nats"]}
+
+
+def no_extractor(*args, **kwargs):
+    raise AssertionError("--num_samples 0 loaded a feature extractor")
+
+
+def test_num_samples_0_computes_the_likelihoods_alone(tmp_path, capsys, monkeypatch):
+    # `--num_samples 0` was refused ("too few: use 2 or more"): a PixelCNN's bits/dim or a VAE's
+    # IWAE needed Inception weights and a sample evaluation. Now it is the likelihoods alone.
+    import lightning_gen.evaluate as evaluate_module
+    from lightning_gen.models import PixelCNN
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(evaluate_module, "build_extractor", no_extractor)
+    tiny = make_run(tmp_path, PixelCNN(hidden=4, n_layers=1, num_levels=4, num_fixed_samples=0))
+    result = evaluate(tiny, tmp_path, "--num_samples", "0")  # --feature_extractor inception
+    (row,) = read_rows(tiny["run"] / "eval" / "results.jsonl")
+    assert row["protocol"] == "exact_nll-test"
+    assert row["metrics"] == {"test_nll_nats": pytest.approx(result["test_nll_nats"]),
+                              "test_bits_per_dim": pytest.approx(result["test_bits_per_dim"])}
+    assert "fid" not in result and result["feature_extractor"] == "none"
+    assert result["results_protocols"] == {"exact_nll-test": ["test_nll_nats",
+                                                              "test_bits_per_dim"]}
+    out = capsys.readouterr().out
+    assert "protocol           exact_nll-test\n" in out
+    assert "samples            0 (no sample metrics: no extractor, no reference)" in out
+    assert not (tmp_path / "cache").exists()  # no reference features
+    final = wandb_summary(tiny["run"], set())
+    assert final["eval/exact_nll-test/test_bits_per_dim"] == pytest.approx(
+        result["test_bits_per_dim"])
+    assert not any(k.startswith("eval/") and "inception" in k for k in final)
+
+
+def test_num_samples_0_is_refused_where_nothing_else_is_computed(tmp_path, capsys, monkeypatch):
+    from lightning_gen.models import DCGAN
+    from tests.security_helpers import error_line
+
+    monkeypatch.setattr("lightning_gen.evaluate.build_extractor", no_extractor)
+    tiny = make_run(tmp_path, DCGAN(latent_dim=8, g_width=8, d_width=8))
+    common = ["evaluate", "--ckpt_path", str(tiny["ckpt"]), "--accelerator", "cpu",
+              "--progress", "false", "--cache_dir", str(tmp_path / "cache")]
+    err = error_line(capsys, *common, "--num_samples", "0")
+    assert "--num_samples 0 (no sample metrics) leaves nothing to compute for DCGAN" in err
+    assert "--parzen true" in err
+    err = error_line(capsys, *common, "--num_samples", "0", "--seeds", "3")
+    assert "--seeds 3: about the sample metrics, which --num_samples 0 does not compute" in err
+    assert "or 0 for no sample metrics" in error_line(capsys, *common, "--num_samples", "1")
+    assert not (tmp_path / "cache").exists() and not (tiny["run"] / "eval").exists()
+
+    # With --parzen the GAN has its Parzen numbers, from --parzen_samples samples.
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    result = evaluate(tiny, tmp_path, "--num_samples", "0", "--parzen", "true",
+                      "--parzen_samples", "20", "--parzen_val_images", "5")
+    (row,) = read_rows(tiny["run"] / "eval" / "results.jsonl")
+    assert row["protocol"] == "parzen_20_val5-test"
+    assert set(row["metrics"]) == {"parzen_ll_nats", "parzen_ll_stderr", "parzen_sigma"}
+    assert result["parzen_num_samples"] == 20 and "fid" not in result

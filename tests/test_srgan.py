@@ -247,7 +247,8 @@ def test_srgan_fits_in_bf16_mixed(cifar10_dir, tmp_path):
     assert_finite_params(cli.model)
 
 
-def test_sample_grid_and_evaluate_report_the_papers_protocol(cifar10_dir, tmp_path):
+def test_sample_grid_and_evaluate_report_the_papers_protocol(cifar10_dir, tmp_path,
+                                                              capsys):
     from lightning_gen.evaluate import main
     from lightning_gen.metrics.paired import build_lpips, psnr_ssim
 
@@ -279,6 +280,12 @@ def test_sample_grid_and_evaluate_report_the_papers_protocol(cifar10_dir, tmp_pa
     # Random LPIPS weights (a test's): another protocol than the published LPIPS's.
     assert row["protocol"] == "paired-lpips_random-test-12"
     assert set(row["metrics"]) == {"psnr", "ssim", "lpips"}
+    # --num_samples 0 (no sample metrics, for likelihood models) leaves a paired model nothing.
+    from tests.security_helpers import error_line
+
+    err = error_line(capsys, "evaluate", "--ckpt_path", str(ckpt), "--num_samples", "0",
+                     "--data_dir", str(cifar10_dir), "--accelerator", "cpu", "--progress", "false")
+    assert "--num_samples 0 (no sample metrics) leaves nothing to compute for SRResNet" in err
     # Independent recomputation on the same 12 test pairs.
     torch.manual_seed(0)
     pairs = [cli.datamodule._load("test", download=False)[i] for i in range(12)]
