@@ -30,6 +30,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from datamodules.base import CorruptDataError
 from lightning_gen.callbacks.metrics_file import METRICS_FILE
 from lightning_gen.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
+from lightning_gen.run_record import logging_step
 from lightning_gen.runs import logger_dir, run_dir
 
 #: ``--ckpt_path`` values Lightning resolves itself (not file paths).
@@ -134,7 +135,7 @@ class SaveOnInterrupt(Callback):
             return
         stopped = SIGTERMException()
         stopped.signum = self.signum or signal.SIGTERM  # a rank the signal did not reach
-        _save_for(stopped, trainer)
+        _save_for(stopped, trainer, batch_counted=False)
         raise stopped
 
     # Lightning calls on_train_end before it restores the handlers it found (success), and
@@ -152,16 +153,25 @@ class SaveOnInterrupt(Callback):
         elif not isinstance(exception, CorruptDataError):
             return
         if trainer.world_size > 1:
-            exception.step, exception.checkpoint, exception.save_error = (
-                trainer.global_step, None, None)
+            exception.checkpoint, exception.save_error = None, None
+            _record_step(exception, trainer, batch_counted=True)
             return
-        _save_for(exception, trainer)
+        _save_for(exception, trainer, batch_counted=True)
 
 
-def _save_for(exception: BaseException, trainer: Trainer) -> None:
+def _record_step(exception: BaseException, trainer: Trainer, batch_counted: bool) -> None:
+    """The step :func:`report` names: the one W&B and metrics.csv file the last finished
+    batch's values at (batches from 0; Lightning counts a batch after ``on_train_batch_end``:
+    ``batch_counted`` False there), and Lightning's ``global_step``, the optimizer steps (two per
+    batch for a GAN) that ``--trainer.max_steps`` counts."""
+    exception.step = logging_step(trainer) - (1 if batch_counted else 0)
+    exception.optimizer_steps = trainer.global_step
+
+
+def _save_for(exception: BaseException, trainer: Trainer, batch_counted: bool) -> None:
     """Save the trainer's state for ``exception`` (while fitting, after a training step) and
     record the step, the checkpoint (or why it could not be saved) on it for :func:`report`."""
-    exception.step = trainer.global_step
+    _record_step(exception, trainer, batch_counted)
     exception.checkpoint, exception.save_error = None, None
     if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.global_step == 0:
         return
@@ -283,21 +293,29 @@ def report(err: BaseException) -> tuple[str, int]:
             saved = f"The checkpoint could not be saved: {err.save_error}"
         else:
             saved = "No checkpoint was saved"
-        return f"lightning-gen: training stopped at step {err.step}: {err}. {saved}", 1
+        return f"lightning-gen: training stopped{_at_step(err)}: {err}. {saved}", 1
     return f"lightning-gen: training stopped: {err}", 1
 
 
+def _at_step(err: BaseException) -> str:
+    """`` at step N`` (W&B's ``trainer/global_step`` of the last batch's values), with the
+    optimizer steps where they are not the batches (``--trainer.max_steps`` counts those)."""
+    step, optimizer_steps = getattr(err, "step", 0), getattr(err, "optimizer_steps", None)
+    if optimizer_steps is None or optimizer_steps == step + 1:
+        return f" at step {step}"
+    return f" at step {step} ({optimizer_steps} optimizer steps)"
+
+
 def _saved(err: BaseException) -> str:
-    step = getattr(err, "step", 0)
     checkpoint = getattr(err, "checkpoint", None)
     if checkpoint:
-        return (f" at step {step}; saved {checkpoint}. Resume: the same command with "
+        return (f"{_at_step(err)}; saved {checkpoint}. Resume: the same command with "
                 "--ckpt_path last")
     if getattr(err, "save_error", None):
-        return f" at step {step}; the checkpoint could not be saved: {err.save_error}"
-    if not step:
+        return f"{_at_step(err)}; the checkpoint could not be saved: {err.save_error}"
+    if not getattr(err, "optimizer_steps", 0):
         return " before the first training step; nothing to resume"
-    return f" at step {step}; no checkpoint was saved"
+    return f"{_at_step(err)}; no checkpoint was saved"
 
 
 def one_line(err: BaseException) -> str:

@@ -301,8 +301,12 @@ def test_sigterm_mid_epoch_saves_the_step_reached_and_resume_continues_from_it(t
     saved = load(ckpt)["global_step"]
     assert reached <= saved <= reached + 2  # the batch it was in (2 optimizer steps per batch)
     (line,) = [x for x in err.splitlines() if x.startswith("lightning-gen:")]
-    assert line == (f"lightning-gen: stopped by SIGTERM at step {saved}; saved {ckpt}. "
-                    "Resume: the same command with --ckpt_path last")
+    # The step W&B and metrics.csv file the last batch's values at (batches from 0: the
+    # checkpoint's d_steps - 1), then the optimizer steps (--trainer.max_steps counts those).
+    last_batch = load(ckpt)["gan_steps"]["d_steps"] - 1
+    assert last_batch == saved // 2 - 1
+    assert line == (f"lightning-gen: stopped by SIGTERM at step {last_batch} ({saved} optimizer "
+                    f"steps); saved {ckpt}. Resume: the same command with --ckpt_path last")
     wait_for_run_log(run / "wandb", timeout=30)  # the W&B run was finished (its exit record)
 
     resumed = tmp_path / "resumed.txt"
@@ -347,8 +351,8 @@ def test_sigterm_to_rank_0_of_a_ddp_fit_stops_every_rank_at_the_same_batch(tmp_p
     ckpt = only_run_dir() / "checkpoints/last.ckpt"
     (line,) = [x for x in err.splitlines() if x.startswith("lightning-gen:")]
     step = load(ckpt)["global_step"]
-    assert line == (f"lightning-gen: stopped by SIGTERM at step {step}; saved {ckpt}. Resume: "
-                    "the same command with --ckpt_path last")
+    assert line == (f"lightning-gen: stopped by SIGTERM at step {step // 2 - 1} ({step} optimizer "
+                    f"steps); saved {ckpt}. Resume: the same command with --ckpt_path last")
     assert load(ckpt)["gan_steps"] == {"d_steps": step // 2, "g_steps": step // 2}
 
 
@@ -363,8 +367,8 @@ def test_ctrl_c_saves_at_the_end_of_the_batch_and_exits_130(capsys):
     assert [x for x in err.splitlines() if x.startswith("lightning-gen:")] == [
         "lightning-gen: interrupted: saving a checkpoint at the end of this batch (press Ctrl-C "
         "again to stop at once)",
-        f"lightning-gen: stopped by SIGINT at step 4; saved {ckpt}. Resume: the same command "
-        "with --ckpt_path last"]
+        f"lightning-gen: stopped by SIGINT at step 1 (4 optimizer steps); saved {ckpt}. Resume: "
+        "the same command with --ckpt_path last"]
     assert load(ckpt)["global_step"] == 4
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
 
@@ -397,12 +401,16 @@ def test_a_celeba_jpeg_that_goes_bad_is_named_after_the_state_is_saved(celeba_di
                         callback("CorruptAt", path=str(image), step=2)], capsys)
     ckpt = only_run_dir() / "checkpoints/last.ckpt"
     assert code == 1
-    step = int(re.match(r"lightning-gen: training stopped at step (\d+): ", line).group(1))
-    assert line.startswith(f"lightning-gen: training stopped at step {step}: CelebA: cannot "
+    step, opt = map(int, re.match(
+        r"lightning-gen: training stopped at step (\d+) \((\d+) optimizer steps\): ",
+        line).groups())
+    assert opt == 2 * (step + 1)  # a GAN: D and G steps of batches 0..step
+    assert line.startswith(f"lightning-gen: training stopped at step {step} ({opt} optimizer "
+                           f"steps): CelebA: cannot "
                            f"read {image} (OSError: ")
     assert line.endswith(f"Saved the state before it: {ckpt}. Resume: the same command with "
                          "--ckpt_path last")
-    assert step >= 2 and load(ckpt)["global_step"] == step
+    assert step >= 1 and load(ckpt)["global_step"] == opt
 
 
 def test_skip_corrupt_skips_and_counts_unreadable_images(celeba_dir, capsys):
