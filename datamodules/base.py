@@ -77,7 +77,9 @@ class BinarizedDataset(Dataset):
         return len(self.dataset)
 
     def __getattr__(self, name: str):  # targets, attr, ... of the wrapped torchvision dataset
-        if name == "dataset":
+        # Not the wrapped dataset's protocols: its ``__getitems__`` (a batch read at once, the
+        # images held in memory) would hand a DataLoader the grey images, past the draw.
+        if name == "dataset" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 

@@ -54,6 +54,22 @@ def test_binarized_pixels_are_exactly_minus_one_or_one_in_every_split(mnist):
     assert _dm(mnist, "none").binarization("test") == "none"
 
 
+def test_the_batches_a_model_trains_and_is_scored_on_are_binarized(mnist):
+    # What the model sees comes through the DataLoaders, which read MNIST held in memory a
+    # batch at a time (``__getitems__``): those batches were the grey images, so every
+    # "binarized" run trained and was scored on grey levels (a PixelCNN's 2 levels by rounding).
+    for mode in ("static", "dynamic"):
+        dm = _dm(mnist, mode, batch_size=8, num_workers=0)
+        for split, loader in ((dm.train_set, dm.train_dataloader()),
+                              (dm.val_set, dm.val_dataloader()), (dm.test_set, dm.test_dataloader())):
+            batch = next(iter(loader))[0]
+            assert set(batch.unique().tolist()) == {-1.0, 1.0}, (mode, split)
+        # Static bits are the items' bits, batch by batch.
+        if mode == "static":
+            batches = torch.cat([b[0] for b in dm.test_dataloader()])
+            assert torch.equal(batches, _images(dm.test_set))
+
+
 def test_dynamic_bits_are_bernoulli_draws_with_the_grey_level_as_mean(mnist):
     dm = _dm(mnist, "dynamic")
     draws = torch.stack([_images(dm.train_set.dataset, 4) for _ in range(200)])  # full split
