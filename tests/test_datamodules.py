@@ -140,3 +140,26 @@ def test_fake_idx_writer_matches_the_idx_spec(tmp_path):
     assert data[:4] == bytes([0, 0, 8, 2])
     assert int.from_bytes(data[4:8], "big") == 2 and int.from_bytes(data[8:12], "big") == 3
     assert list(data[12:]) == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: MNISTDataModule(str(d["mnist"]), binarize="static", val_fraction=0.25),
+    lambda d: MNISTDataModule(str(d["mnist"]), cache=True, val_fraction=0.25),
+    lambda d: DigitsDataModule(image_size=16, val_fraction=0.25),
+    lambda d: CIFAR10DataModule(str(d["cifar10"]), val_fraction=0.25),
+    lambda d: CelebADataModule(str(d["celeba"]), image_size=32),
+], ids=["mnist-binarized", "mnist-cached", "digits", "cifar10", "celeba"])
+def test_loader_batches_are_the_datasets_items(make, mnist_dir, cifar10_dir, celeba_dir):
+    # A model sees the DataLoaders' batches, which may be read a batch at a time past the
+    # items (in-memory and cached images): they must be the items, to the byte.
+    from torch.utils.data import default_collate
+
+    dm = make({"mnist": mnist_dir, "cifar10": cifar10_dir, "celeba": celeba_dir})
+    dm.batch_size, dm.num_workers = 4, 0
+    dm.setup("fit")
+    dm.setup("test")
+    for dataset, loader in ((dm.val_set, dm.val_dataloader()), (dm.test_set, dm.test_dataloader())):
+        x, y = next(iter(loader))
+        want_x, want_y = default_collate([dataset[i] for i in range(4)])
+        assert x.dtype == want_x.dtype and torch.equal(x, want_x)
+        assert torch.equal(torch.as_tensor(y), torch.as_tensor(want_y))
