@@ -358,16 +358,25 @@ def test_a_resumed_run_appends_to_its_file_and_cuts_a_torn_line():
     assert "train/g_loss.best" not in stored and "train/d_loss.best" not in stored
 
 
-def test_a_resumed_runs_wandb_segment_holds_the_bests_of_the_whole_run(tmp_path):
-    # FID 3.0 after the first epoch, 5.0 after the second: the run's best lies in the first
-    # segment, which the resumed one did not log.
+def fit_fake_quality_and_resume(tmp_path, killed_rows: str = "") -> Path:
+    """A VAE run logging FID 3.0 then 5.0 (FakeQuality): one epoch, ``killed_rows`` appended to
+    its metrics.csv as a killed process would have, then resumed for a second epoch."""
     (tmp_path / "vae.yaml").write_text(VAE_YAML.replace("trainer:\n", (
         "trainer:\n  callbacks:\n    - class_path: tests.test_metrics_file.FakeQuality\n"
         "      init_args: {fid: [3.0, 5.0], is_mean: [2.0, 1.0]}\n")))
     args = ["fit", "--config", str(tmp_path / "vae.yaml"), *FAST]
     main([*args, "--trainer.max_epochs", "1"])
     run = only_run_dir()
+    with open(run / "metrics.csv", "a") as f:
+        f.write(killed_rows)
     main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    return run
+
+
+def test_a_resumed_runs_wandb_segment_holds_the_bests_of_the_whole_run(tmp_path):
+    # FID 3.0 after the first epoch, 5.0 after the second: the run's best lies in the first
+    # segment, which the resumed one did not log.
+    run = fit_fake_quality_and_resume(tmp_path)
     assert only_run_dir() == run and len(list((run / "wandb").glob("offline-run-*"))) == 2
     rows = read_rows(run / "metrics.csv")
     assert [r["value"] for r in rows if r["name"] == "metrics/fid"] == [3.0, 5.0]
@@ -385,16 +394,9 @@ def test_a_resumed_runs_summary_forgets_what_a_killed_process_logged_after_the_c
         tmp_path):
     # A process killed after its last checkpoint leaves rows the resumed run logs again; a
     # "best" FID among them (1.0 here, after the checkpoint) belonged to weights nobody kept.
-    (tmp_path / "vae.yaml").write_text(VAE_YAML.replace("trainer:\n", (
-        "trainer:\n  callbacks:\n    - class_path: tests.test_metrics_file.FakeQuality\n"
-        "      init_args: {fid: [3.0, 5.0], is_mean: [2.0, 1.0]}\n")))
-    args = ["fit", "--config", str(tmp_path / "vae.yaml"), *FAST]
-    main([*args, "--trainer.max_epochs", "1"])
-    run = only_run_dir()
     step = 3  # the checkpoint's: 3 batches (its epoch-end values are logged at step 2)
-    with open(run / "metrics.csv", "a") as f:  # the killed process, a batch and an epoch on
-        f.write(f"{step},1,,9.0,train/loss,1.0\n{step + 2},1,,99.0,metrics/fid,1.0\n")
-    main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    run = fit_fake_quality_and_resume(tmp_path, killed_rows=(  # a batch and an epoch on
+        f"{step},1,,9.0,train/loss,1.0\n{step + 2},1,,99.0,metrics/fid,1.0\n"))
     rows = read_rows(run / "metrics.csv")
     assert [r["value"] for r in rows if r["name"] == "metrics/fid"] == [3.0, 1.0, 5.0]
     summary = json.loads((run / "summary.json").read_text())
