@@ -155,7 +155,9 @@ class GenerativeEvaluator:
             # upgrade recomputes the features. The suite's own classifier keeps its old keys.
             **({"extractor_code": self.extractor.code} if self.extractor.code else {}),
             # Binarized images are other data; grey data keeps its old keys (and cache entries).
-            **({"binarize": datamodule.binarization(split)}
+            # "bits": 2 since the loaders hand over the drawn bits (7010e21); features cached
+            # before came from grey batches and are not reused.
+            **({"binarize": datamodule.binarization(split), "bits": 2}
                if getattr(datamodule, "binarize", "none") != "none" else {}),
         }
 
