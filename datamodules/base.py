@@ -357,10 +357,10 @@ class ImageDataModule(L.LightningDataModule):
                 why = ("training on the CPU from images held in one array: a batch is read "
                        "faster in the training process than handed over by a worker")
             elif on_cpu:
-                why = (f"{_usable_cores()} usable core(s), training on the CPU with "
+                why = (f"{usable_cores()} usable core(s), training on the CPU with "
                        f"{torch.get_num_threads()} torch thread(s)")
             else:
-                why = f"{_usable_cores()} usable core(s), the training process keeps a core"
+                why = f"{usable_cores()} usable core(s), the training process keeps a core"
             print(f"lightning-gen: {workers} DataLoader worker(s) instead of {self.num_workers} "
                   f"({why}; LIGHTNING_GEN_EXACT_WORKERS=1 keeps the number given)",
                   file=sys.stderr, flush=True)
@@ -478,7 +478,7 @@ def usable_workers(num_workers: int, on_cpu: bool = False, from_array: bool = Fa
     if on_cpu and from_array:
         return 0
     busy = max(1, torch.get_num_threads()) if on_cpu else 1
-    return min(num_workers, max(0, _usable_cores() - busy))
+    return min(num_workers, max(0, usable_cores() - busy))
 
 
 def reads_batches_from_array(dataset: Dataset | None) -> bool:
@@ -490,7 +490,8 @@ def reads_batches_from_array(dataset: Dataset | None) -> bool:
     return isinstance(dataset, ArrayImages)
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity), at least 1."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return cores or 1
 

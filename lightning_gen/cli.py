@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from datamodules.base import DatasetNotFoundError, ImageDataModule
+from datamodules.base import DatasetNotFoundError, ImageDataModule, usable_cores
 from lightning_gen import faults
 from lightning_gen.callbacks.checkpoint import LastCheckpoint
 from lightning_gen.callbacks.images import ImageGridCallback
@@ -357,8 +357,8 @@ def _check_launch(trainer) -> None:
     each of ``--trainer.devices N`` is a training process: more than the machine's cores took
     minutes to start each (``--trainer.devices 64`` on 2 cores had not begun training after 5
     minutes) and shares the cores anyway."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > (cores or 1):
+    cores = usable_cores()
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > cores:
         raise ValueError(
             f"--trainer.devices {trainer.num_devices} on the CPU starts {trainer.num_devices} "
             f"training processes, and this machine has {cores} CPU cores: use "
